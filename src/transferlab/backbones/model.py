@@ -1,0 +1,111 @@
+"""A pretrained timm network with its top removed that returns pooled features from several depths at once.
+
+Cut points are the model's own stage ends (timm ``feature_info`` modules, e.g. ``blocks.4``) plus ``head``, the
+pooled pre-logits vector. One ``forward_intermediates`` pass yields all of them, so choosing where to cut the
+network later costs no extra forward pass.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+from safetensors.torch import load_file
+from timm.data import create_transform, resolve_model_data_config
+from torch import nn
+
+from transferlab.backbones import efficientnet_pytorch
+from transferlab.backbones.registry import WeightsSource, resolve_weights
+from transferlab.errors import TransferlabError
+
+HEAD = "head"
+
+
+def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """Read a checkpoint without executing code: safetensors, or ``torch.load(weights_only=True)``."""
+    if path.suffix == ".safetensors":
+        return load_file(str(path))
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise TransferlabError(
+            f"{path}: refused to load: not a plain tensor checkpoint ({type(error).__name__}: {str(error)[:200]})"
+        ) from None
+    for wrapper in ("state_dict", "model", "model_state_dict"):
+        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
+            state = state[wrapper]
+    if not isinstance(state, dict):
+        raise TransferlabError(f"{path}: expected a state dict of tensors, found {type(state).__name__}")
+    return {key.removeprefix("module."): value for key, value in state.items()}
+
+
+def _apply_weights(model: nn.Module, name: str, source: WeightsSource, keep_classifier: bool) -> None:
+    state = load_state_dict(source.path)
+    if efficientnet_pytorch.is_efficientnet_pytorch(state):
+        state = efficientnet_pytorch.to_timm(state, model)
+    if not keep_classifier:
+        classifier = model.pretrained_cfg.get("classifier", "classifier")
+        state = {k: v for k, v in state.items() if not k.startswith(classifier + ".")}
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as error:
+        detail = " ".join(str(error).split())[:400]
+        raise TransferlabError(f"weights {source.path} do not fit {name}: {detail}") from None
+
+
+@dataclass
+class Backbone:
+    """The network, its preprocessing (the timm pretrained config) and where its weights came from."""
+
+    name: str
+    model: nn.Module
+    weights: WeightsSource
+    data_config: dict[str, Any]
+    cut_points: list[str] = field(default_factory=list)
+    cut_dims: dict[str, int] = field(default_factory=dict)
+
+    def transform(self) -> Any:
+        """The evaluation preprocessing: resize, centre crop (timm crop_pct), normalize with the model's mean/std."""
+        return create_transform(**self.data_config, is_training=False)
+
+    def identity(self) -> dict[str, Any]:
+        """Everything that changes extracted features; hashed into feature-cache keys."""
+        return {
+            "backbone": self.name,
+            "weights_sha256": self.weights.sha256,
+            "preprocessing": {k: list(v) if isinstance(v, tuple) else v for k, v in sorted(self.data_config.items())},
+            "cut_points": self.cut_points,
+        }
+
+    def features(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Global-average-pooled features at every cut point, from one forward pass."""
+        final, intermediates = self.model.forward_intermediates(images)
+        pairs = zip(self.cut_points, intermediates, strict=True)
+        pooled = {name: inter.float().mean(dim=(2, 3)) for name, inter in pairs}
+        pooled[HEAD] = self.model.forward_head(final, pre_logits=True).float()
+        return pooled
+
+    def count_parameters(self) -> int:
+        return sum(p.numel() for p in self.model.parameters())
+
+
+def load_backbone(
+    name: str, weights: str | Path | None = None, *, allow_download: bool = False, keep_classifier: bool = False
+) -> Backbone:
+    """Build ``name`` from timm, load its weights offline and put it in eval mode."""
+    source = resolve_weights(name, weights, allow_download=allow_download)
+    model = timm.create_model(name, pretrained=False)
+    if not hasattr(model, "forward_intermediates"):
+        raise TransferlabError(f"{name}: this timm model does not support forward_intermediates (multi-depth features)")
+    if not keep_classifier:
+        model.reset_classifier(0)
+    _apply_weights(model, name, source, keep_classifier)
+    model.eval()
+    cut_points = [info["module"] for info in model.feature_info]
+    cut_dims = {info["module"]: int(info["num_chs"]) for info in model.feature_info}
+    cut_dims[HEAD] = int(model.num_features if not hasattr(model, "head_hidden_size") else model.head_hidden_size)
+    data_config = resolve_model_data_config(model)
+    return Backbone(name, model, source, data_config, cut_points, cut_dims)

@@ -1,0 +1,230 @@
+"""Index a labelled image collection: a folder per class, or a CSV of paths with one or many labels.
+
+Indexing only looks at names and CSV cells; pixels are decoded later, once, during feature extraction. Problems
+that make a row or file unusable are collected as :class:`Problem` (reported, then skipped); problems that make the
+whole dataset unusable raise :class:`TransferlabError` before any expensive work starts.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from transferlab.data.images import is_image_name
+from transferlab.errors import TransferlabError
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One skipped input and why; ``where`` is a path or a CSV row reference."""
+
+    where: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"skipped {printable(self.where)}: {self.reason}"
+
+
+def printable(text: str) -> str:
+    """Render file names with undecodable bytes (surrogate-escaped) safely for terminals, JSON and HTML."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+@dataclass
+class ImageDataset:
+    """Paths (relative to ``root``) with targets: ``y`` is (N,) class ids, or an (N, C) 0/1 matrix if multi-label."""
+
+    root: Path
+    paths: list[str]
+    y: np.ndarray
+    classes: list[str]
+    problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def multilabel(self) -> bool:
+        return self.y.ndim == 2
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def absolute(self, index: int) -> Path:
+        return self.root / self.paths[index]
+
+    def subset(self, indices: Sequence[int] | np.ndarray) -> ImageDataset:
+        """A view on some rows, keeping the class list (so label ids stay comparable across subsets)."""
+        indices = np.asarray(indices, dtype=np.int64)
+        return ImageDataset(self.root, [self.paths[i] for i in indices], self.y[indices], self.classes, self.problems)
+
+    def class_counts(self) -> dict[str, int]:
+        counts = self.y.sum(axis=0) if self.multilabel else np.bincount(self.y, minlength=len(self.classes))
+        return {name: int(count) for name, count in zip(self.classes, counts, strict=True)}
+
+
+def load_dataset(source: str | Path, *, root: str | Path | None = None, label_sep: str | None = None) -> ImageDataset:
+    """Index a folder-per-class tree or a CSV (``path,label``, ``path,labels`` or path + a 0/1 column per label)."""
+    source = Path(source)
+    if not source.exists():
+        raise TransferlabError(f"data not found: {source}")
+    if source.is_dir():
+        dataset = _from_folders(source)
+    elif source.suffix.lower() in {".csv", ".tsv"}:
+        dataset = _from_csv(source, Path(root) if root else source.parent, label_sep)
+    else:
+        raise TransferlabError(f"{source}: expected a folder with one sub-folder per class, or a .csv file")
+    _check_usable(dataset, source)
+    return dataset
+
+
+def _check_usable(dataset: ImageDataset, source: Path) -> None:
+    if len(dataset) == 0:
+        raise TransferlabError(f"{source}: no images found")
+    present = [name for name, count in dataset.class_counts().items() if count > 0]
+    if not dataset.multilabel and len(present) < 2:
+        found = present[0] if present else "none"
+        raise TransferlabError(f"{source}: need at least 2 classes with images to train a classifier (found: {found})")
+    if dataset.multilabel and not present:
+        raise TransferlabError(f"{source}: no image carries any label")
+
+
+def _walk_files(folder: Path) -> list[Path]:
+    """All non-hidden files below ``folder`` in a stable order; directory symlinks are not followed (no loops)."""
+    found: list[Path] = []
+    for directory, subdirs, files in os.walk(folder, followlinks=False):
+        subdirs[:] = sorted(d for d in subdirs if not d.startswith("."))
+        found.extend(Path(directory) / name for name in sorted(files) if not name.startswith("."))
+    return found
+
+
+def _from_folders(root: Path) -> ImageDataset:
+    problems: list[Problem] = []
+    class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    for stray in sorted(p for p in root.iterdir() if p.is_file() and is_image_name(p.name)):
+        problems.append(Problem(stray.name, "image at the top level, not inside a class folder"))
+    classes: list[str] = []
+    paths: list[str] = []
+    labels: list[int] = []
+    for class_dir in class_dirs:
+        files = _walk_files(class_dir)
+        images = [f for f in files if is_image_name(f.name)]
+        ignored = len(files) - len(images)
+        if ignored:
+            problems.append(Problem(class_dir.name + "/", f"{ignored} file(s) without an image extension ignored"))
+        if not images:
+            problems.append(Problem(class_dir.name + "/", "class folder has no images; class dropped"))
+            continue
+        classes.append(class_dir.name)
+        paths.extend(f.relative_to(root).as_posix() for f in images)
+        labels.extend([len(classes) - 1] * len(images))
+    return ImageDataset(root, paths, np.asarray(labels, dtype=np.int64), classes, problems)
+
+
+def _split_labels(cell: str, label_sep: str | None) -> list[str]:
+    if label_sep:
+        parts = cell.split(label_sep)
+    elif re.search(r"[;|]", cell):
+        parts = re.split(r"[;|]", cell)
+    else:
+        parts = cell.split()
+    return [part.strip() for part in parts if part.strip()]
+
+
+def _resolve_in_root(root: Path, cell: str) -> str | None:
+    """The path relative to ``root``, or None if it escapes the root (absolute, ``..``, or via a symlink)."""
+    candidate = Path(cell)
+    if candidate.is_absolute():
+        return None
+    resolved_root = root.resolve()
+    resolved = (root / candidate).resolve()
+    if resolved != resolved_root and resolved_root not in resolved.parents:
+        return None
+    return candidate.as_posix()
+
+
+def _from_csv(csv_path: Path, root: Path, label_sep: str | None) -> ImageDataset:
+    with open(csv_path, newline="", encoding="utf-8-sig", errors="surrogateescape") as handle:
+        delimiter = "\t" if csv_path.suffix.lower() == ".tsv" else ","
+        rows = list(csv.reader(handle, delimiter=delimiter))
+    if not rows:
+        raise TransferlabError(f"{csv_path}: empty CSV")
+    header = [cell.strip().lower() for cell in rows[0]]
+    if "path" not in header:
+        raise TransferlabError(f"{csv_path}: the header must have a 'path' column (found: {', '.join(rows[0])})")
+    path_col = header.index("path")
+    if "label" in header:
+        mode, label_cols = "single", [header.index("label")]
+    elif "labels" in header:
+        mode, label_cols = "multi", [header.index("labels")]
+    else:
+        mode, label_cols = "onehot", [i for i in range(len(header)) if i != path_col]
+        if not label_cols:
+            raise TransferlabError(f"{csv_path}: need a 'label' column, a 'labels' column or one 0/1 column per label")
+
+    problems: list[Problem] = []
+    seen: set[str] = set()
+    entries: list[tuple[str, list[str]]] = []
+    for number, row in enumerate(rows[1:], start=2):
+        where = f"{csv_path.name} row {number}"
+        if not any(cell.strip() for cell in row):
+            continue
+        if len(row) != len(header):
+            problems.append(Problem(where, f"expected {len(header)} columns, found {len(row)}"))
+            continue
+        cell = row[path_col].strip()
+        if not cell:
+            problems.append(Problem(where, "empty path"))
+            continue
+        relative = _resolve_in_root(root, cell)
+        if relative is None:
+            problems.append(Problem(f"{where} ({cell})", f"refused: path escapes the data root {root}"))
+            continue
+        if relative in seen:
+            problems.append(Problem(f"{where} ({cell})", "duplicate row for the same path; first one kept"))
+            continue
+        if not (root / relative).is_file():
+            problems.append(Problem(f"{where} ({cell})", "file not found"))
+            continue
+        names = _row_labels(row, mode, label_cols, [cell.strip() for cell in rows[0]], label_sep)
+        if isinstance(names, str):
+            problems.append(Problem(f"{where} ({cell})", names))
+            continue
+        seen.add(relative)
+        entries.append((relative, names))
+
+    if mode == "onehot":
+        classes = [rows[0][i].strip() for i in label_cols]
+    else:
+        classes = sorted({name for _, names in entries for name in names})
+    index = {name: i for i, name in enumerate(classes)}
+    paths = [path for path, _ in entries]
+    if mode == "single":
+        y = np.asarray([index[names[0]] for _, names in entries], dtype=np.int64)
+    else:
+        y = np.zeros((len(entries), len(classes)), dtype=np.uint8)
+        for row_index, (_, names) in enumerate(entries):
+            y[row_index, [index[name] for name in names]] = 1
+    return ImageDataset(root, paths, y, classes, problems)
+
+
+def _row_labels(
+    row: list[str], mode: str, label_cols: list[int], header: list[str], sep: str | None
+) -> list[str] | str:
+    """The label names of one row, or a string saying why the row is unusable."""
+    if mode == "single":
+        label = row[label_cols[0]].strip()
+        return [label] if label else "empty label"
+    if mode == "multi":
+        return sorted(set(_split_labels(row[label_cols[0]], sep)))
+    names = []
+    for column in label_cols:
+        value = row[column].strip()
+        if value not in {"0", "1", "0.0", "1.0"}:
+            return f"column '{header[column]}' must be 0 or 1, found {value!r}"
+        if float(value) == 1.0:
+            names.append(header[column])
+    return names

@@ -1,0 +1,86 @@
+"""Stratified, seeded, nested splits and subsets.
+
+Every stratum is shuffled once with the seed and each item gets a position in [0, 1); an item goes to *test* below
+``test_fraction``, to *val* below ``test + val``, else to *train*. The same rule draws subsets, so with one seed the
+0.25 subset is contained in the 0.5 subset: a learning curve grows data without reshuffling. Identical files
+(same content hash) are forced into one split, so duplicates cannot leak from train into test.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from dataclasses import dataclass
+
+import numpy as np
+
+SPLITS = ("train", "val", "test")
+
+
+def strata(y: np.ndarray) -> np.ndarray:
+    """One stratum per sample: its class, or for multi-label its label set (rare sets fall back to the rarest label)."""
+    if y.ndim == 1:
+        return y.astype(str)
+    combos = np.asarray(["".join(map(str, row)) for row in y.astype(np.uint8)])
+    combo_counts = Counter(combos)
+    label_counts = y.sum(axis=0)
+    keys = []
+    for row, combo in zip(y, combos, strict=True):
+        if combo_counts[combo] >= 3 or not row.any():
+            keys.append("set:" + combo)
+        else:
+            present = np.flatnonzero(row)
+            keys.append("label:" + str(present[np.argmin(label_counts[present])]))
+    return np.asarray(keys)
+
+
+def _positions(y: np.ndarray, seed: int) -> np.ndarray:
+    """Each sample's evenly spaced position within its shuffled stratum."""
+    rng = np.random.default_rng(seed)
+    positions = np.zeros(len(y), dtype=np.float64)
+    keys = strata(y)
+    for key in sorted(set(keys.tolist())):
+        members = np.flatnonzero(keys == key)
+        order = rng.permutation(len(members))
+        positions[members[order]] = (np.arange(len(members)) + 0.5) / len(members)
+    return positions
+
+
+def stratified_subset(y: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """Indices of a stratified ``fraction`` of the samples; nested for growing fractions with the same seed."""
+    if not 0 < fraction <= 1:
+        raise ValueError(f"subset fraction must be in (0, 1], got {fraction}")
+    return np.flatnonzero(_positions(y, seed + 7919) < fraction)
+
+
+@dataclass(frozen=True)
+class Split:
+    """Which split each sample belongs to ('train', 'val' or 'test'), aligned with the dataset rows."""
+
+    assignment: np.ndarray
+
+    def indices(self, name: str) -> np.ndarray:
+        return np.flatnonzero(self.assignment == name)
+
+    def counts(self) -> dict[str, int]:
+        return {name: int((self.assignment == name).sum()) for name in SPLITS}
+
+
+def make_split(
+    y: np.ndarray, content_hashes: list[str], *, seed: int, val_fraction: float = 0.15, test_fraction: float = 0.15
+) -> Split:
+    """Stratified train/val/test assignment; identical contents share the split of their first occurrence."""
+    positions = _positions(y, seed)
+    assignment = np.where(
+        positions < test_fraction, "test", np.where(positions < test_fraction + val_fraction, "val", "train")
+    ).astype(object)
+    first_split: dict[str, str] = {}
+    for i, digest in enumerate(content_hashes):
+        assignment[i] = first_split.setdefault(digest, assignment[i])
+    return Split(assignment.astype(str))
+
+
+def split_digest(paths: list[str], content_hashes: list[str], split: Split) -> str:
+    """Hash of the (path, content, split) rows: equal digests mean equal train/val/test data."""
+    lines = sorted(f"{p}\t{h}\t{s}" for p, h, s in zip(paths, content_hashes, split.assignment, strict=True))
+    return hashlib.sha256("\n".join(lines).encode("utf-8", "surrogateescape")).hexdigest()[:16]

@@ -1,0 +1,109 @@
+"""On-disk feature cache keyed by (backbone identity, image content hash).
+
+Layout: ``<cache>/features/<key>/shard-<uuid>.npz``, where ``key`` hashes the backbone name, weights hash,
+preprocessing and cut points. Each shard holds the content hashes of a few hundred images and one float32 array
+per cut point. Shards are written to a temporary name, fsynced and renamed, so a killed or concurrent writer never
+leaves a partial shard under a real name; a shard that still fails to read (zip CRC) is ignored and its images are
+simply extracted again. Features are streamed to shards as they are computed, so memory stays bounded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import uuid
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from transferlab.fileio import atomic_write_text
+
+HASHES = "__hashes__"
+
+
+def default_cache_dir() -> Path:
+    """``$TRANSFERLAB_CACHE`` or ``~/.cache/transferlab``."""
+    return Path(os.environ.get("TRANSFERLAB_CACHE", Path.home() / ".cache" / "transferlab"))
+
+
+def content_hash(path: Path) -> str:
+    """SHA-256 of a file's bytes: the same picture under another name or folder reuses its features."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class FeatureCache:
+    """Feature shards of one backbone identity; lookups by content hash."""
+
+    def __init__(self, root: Path, identity: dict[str, Any]) -> None:
+        self.key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:20]
+        self.directory = Path(root) / "features" / self.key
+        self.directory.mkdir(parents=True, exist_ok=True)
+        meta = self.directory / "identity.json"
+        if not meta.exists():
+            atomic_write_text(meta, json.dumps(identity, indent=2, sort_keys=True))
+        self.unreadable: list[Path] = []
+        self._index: dict[str, tuple[Path, int]] = {}
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Re-read shard contents (another process may have added shards)."""
+        for shard in sorted(self.directory.glob("shard-*.npz")):
+            if any(entry[0] == shard for entry in self._index.values()):
+                continue
+            try:
+                with np.load(shard, allow_pickle=False) as data:
+                    hashes = data[HASHES]
+            except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError):
+                self.unreadable.append(shard)
+                continue
+            for row, digest in enumerate(hashes.astype(str)):
+                self._index.setdefault(digest, (shard, row))
+
+    def __contains__(self, digest: str) -> bool:
+        return digest in self._index
+
+    def missing(self, digests: list[str]) -> list[str]:
+        return [d for d in dict.fromkeys(digests) if d not in self._index]
+
+    def write_shard(self, digests: list[str], features: dict[str, np.ndarray]) -> Path:
+        """Atomically add one shard; visible to readers only once complete."""
+        final = self.directory / f"shard-{uuid.uuid4().hex}.npz"
+        temporary = final.with_name(f".{final.name}.{os.getpid()}.tmp")
+        arrays = {HASHES: np.asarray(digests, dtype="S64")}
+        arrays.update({name: np.ascontiguousarray(value, dtype=np.float32) for name, value in features.items()})
+        try:
+            with open(temporary, "wb") as handle:
+                np.savez(handle, **arrays)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(temporary, final)
+        finally:
+            temporary.unlink(missing_ok=True)
+        for row, digest in enumerate(digests):
+            self._index.setdefault(digest, (final, row))
+        return final
+
+    def load(self, digests: list[str], names: list[str]) -> dict[str, np.ndarray]:
+        """Features for ``digests`` (all must be cached), in that order, for the requested cut points."""
+        by_shard: dict[Path, list[tuple[int, int]]] = {}
+        for position, digest in enumerate(digests):
+            shard, row = self._index[digest]
+            by_shard.setdefault(shard, []).append((position, row))
+        out: dict[str, np.ndarray] = {}
+        for shard, pairs in by_shard.items():
+            positions = np.asarray([p for p, _ in pairs])
+            rows = np.asarray([r for _, r in pairs])
+            with np.load(shard, allow_pickle=False) as data:
+                for name in names:
+                    block = data[name][rows]
+                    if name not in out:
+                        out[name] = np.empty((len(digests), block.shape[1]), dtype=np.float32)
+                    out[name][positions] = block
+        return out

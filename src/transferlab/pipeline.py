@@ -1,0 +1,226 @@
+"""``transferlab.run``: data → backbone → cached features → probe → run record, in one call.
+
+Stages only pass plain values forward (dataset, content hashes, features, probe), so later stages (head search,
+fine-tuning) attach here without reaching back into earlier ones.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from transferlab.backbones import DEFAULT_BACKBONE, load_backbone
+from transferlab.backbones.model import HEAD
+from transferlab.data import ImageDataset, Problem, load_dataset, make_split, stratified_subset
+from transferlab.data.dataset import printable
+from transferlab.data.split import SPLITS, split_digest
+from transferlab.errors import TransferlabError
+from transferlab.features import FeatureCache, default_cache_dir, extract_features
+from transferlab.features.cache import content_hash
+from transferlab.probe import fit_probe
+from transferlab.probe.metrics import headline
+from transferlab.record import RunDir, environment, write_report
+from transferlab.record.rundir import default_run_name
+from transferlab.record.saved_probe import save_probe
+
+
+@dataclass
+class RunConfig:
+    """Every option that changes a run's result; saved as ``config.json`` and enough to repeat the run."""
+
+    data: str
+    backbone: str = DEFAULT_BACKBONE
+    weights: str | None = None
+    cut_point: str = HEAD
+    seed: int = 0
+    subset: float | None = None
+    val_fraction: float = 0.15
+    test_fraction: float = 0.15
+    label_sep: str | None = None
+    batch_size: int = 32
+    workers: int | None = None
+    allow_download: bool = False
+
+
+@dataclass
+class RunResult:
+    """What a run produced: its directory, metrics per split, skipped inputs and timings."""
+
+    run_dir: Path
+    metrics: dict[str, dict[str, Any]]
+    classes: list[str]
+    problems: list[Problem]
+    extraction: dict[str, Any]
+    timings: dict[str, float]
+    config: RunConfig
+    record: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def report_path(self) -> Path:
+        return self.run_dir / "report.html"
+
+    def summary(self) -> str:
+        """A short table for the terminal."""
+        lines = [f"{'split':<6} {'images':>6}  {'metric':<18} value"]
+        for split_name, values in self.metrics.items():
+            key, value = headline(values)
+            extra = f"  balanced_accuracy {values['balanced_accuracy']:.4f}" if "balanced_accuracy" in values else ""
+            lines.append(f"{split_name:<6} {values['n']:>6}  {key:<18} {value:.4f}{extra}")
+        return "\n".join(lines)
+
+
+def hash_files(dataset: ImageDataset) -> tuple[list[str | None], list[Problem]]:
+    """Content hash per file; unreadable files (permissions, symlink loops, vanished) become problems."""
+    digests: list[str | None] = []
+    problems: list[Problem] = []
+    for index, relative in enumerate(dataset.paths):
+        try:
+            digests.append(content_hash(dataset.absolute(index)))
+        except OSError as error:
+            digests.append(None)
+            problems.append(Problem(relative, f"unreadable ({error.strerror or error})"))
+    return digests, problems
+
+
+def _ensure_trainable(dataset: ImageDataset) -> None:
+    counts = dataset.class_counts()
+    present = [name for name, count in counts.items() if count]
+    if not dataset.multilabel and len(present) < 2:
+        raise TransferlabError(f"after skipping unusable images fewer than 2 classes remain ({present or 'none'})")
+
+
+def run(
+    data: str | Path,
+    *,
+    runs_dir: str | Path = "runs",
+    name: str | None = None,
+    cache_dir: str | Path | None = None,
+    progress: bool = True,
+    echo: Callable[[str], None] = print,
+    **options: Any,
+) -> RunResult:
+    """Extract (or reuse) features, fit the probe, write ``runs/<name>/`` and return the result."""
+    config = RunConfig(data=str(data), **options)
+    started = time.perf_counter()
+    dataset = load_dataset(config.data, label_sep=config.label_sep)
+    if config.subset:
+        dataset = dataset.subset(stratified_subset(dataset.y, config.subset, config.seed))
+    problems = list(dataset.problems)
+    digests, unreadable = hash_files(dataset)
+    problems += unreadable
+    readable = [i for i, digest in enumerate(digests) if digest is not None]
+    dataset, hashes = dataset.subset(readable), [digests[i] for i in readable]
+
+    backbone = load_backbone(config.backbone, config.weights, allow_download=config.allow_download)
+    if config.cut_point not in backbone.cut_dims:
+        raise TransferlabError(
+            f"unknown cut point '{config.cut_point}' for {backbone.name}: {', '.join(backbone.cut_dims)}"
+        )
+    cache = FeatureCache(Path(cache_dir) if cache_dir else default_cache_dir(), backbone.identity())
+    paths = [dataset.absolute(i) for i in range(len(dataset))]
+    extraction = extract_features(
+        backbone, paths, hashes, cache, batch_size=config.batch_size, workers=config.workers, progress=progress
+    )
+    problems += [
+        Problem(str(Path(path).relative_to(dataset.root)), reason) for path, reason in extraction.failed.items()
+    ]
+    for problem in problems:
+        echo(str(problem))
+    if problems:
+        echo(f"{len(problems)} input(s) skipped")
+
+    usable = [i for i, digest in enumerate(hashes) if digest in cache]
+    dataset, hashes = dataset.subset(usable), [hashes[i] for i in usable]
+    _ensure_trainable(dataset)
+    split = make_split(
+        dataset.y, hashes, seed=config.seed, val_fraction=config.val_fraction, test_fraction=config.test_fraction
+    )
+    matrix = cache.load(hashes, [config.cut_point])[config.cut_point]
+    parts = {s: split.indices(s) for s in SPLITS}
+    probe = fit_probe(
+        {s: matrix[i] for s, i in parts.items()},
+        {s: dataset.y[i] for s, i in parts.items()},
+        dataset.classes,
+        seed=config.seed,
+    )
+
+    run_dir = RunDir(Path(runs_dir), name or default_run_name(Path(config.data)))
+    timings = {
+        "extraction_seconds": extraction.seconds,
+        "probe_fit_seconds": probe.fit_seconds,
+        "total_seconds": time.perf_counter() - started,
+    }
+    extraction_record = {
+        **asdict(extraction),
+        "images_per_second": extraction.images_per_second,
+        "failed": len(extraction.failed),
+        "cache_key": cache.key,
+    }
+    record = {
+        "task": "multi-label" if dataset.multilabel else "single-label",
+        "classes": dataset.classes,
+        "class_counts": dataset.class_counts(),
+        "split_counts": split.counts(),
+        "split_digest": split_digest(dataset.paths, hashes, split),
+        "backbone": {
+            **backbone.identity(),
+            "weights_path": str(backbone.weights.path),
+            "weights_origin": backbone.weights.origin,
+            "params": backbone.count_parameters(),
+        },
+        "probe": {
+            "kind": "logistic_regression",
+            "C": probe.C,
+            "cut_point": config.cut_point,
+            "thresholds": None if probe.thresholds is None else probe.thresholds.tolist(),
+        },
+    }
+    run_dir.write_json("config.json", asdict(config))
+    run_dir.write_json("environment.json", environment())
+    run_dir.write_json("record.json", record)
+    run_dir.write_json("metrics.json", probe.metrics)
+    run_dir.write_json("timings.json", {**timings, "extraction": extraction_record})
+    run_dir.write_csv(
+        "split.csv",
+        ["path", "sha256", "split"],
+        [[printable(p), h, s] for p, h, s in zip(dataset.paths, hashes, split.assignment, strict=True)],
+    )
+    run_dir.write_text("problems.txt", "".join(f"{problem}\n" for problem in problems))
+    save_probe(run_dir.path, probe, dataset.classes, config.cut_point, record["backbone"], dataset.multilabel)
+    result = RunResult(
+        run_dir.path, probe.metrics, dataset.classes, problems, extraction_record, timings, config, record
+    )
+    write_report(
+        run_dir.path,
+        {
+            "name": run_dir.path.name,
+            "data": config.data,
+            "backbone": backbone.name,
+            "weights_origin": backbone.weights.origin,
+            "cut_point": config.cut_point,
+            "task": record["task"],
+            "n_classes": len(dataset.classes),
+            "seed": config.seed,
+            "split_digest": record["split_digest"],
+            "metrics": probe.metrics,
+            "metric_keys": _metric_keys(dataset.multilabel),
+            "classes": dataset.classes,
+            "probe_c": probe.C if isinstance(probe.C, float) else f"{np.median(probe.C):.3g} (median over labels)",
+            "timings": timings,
+            "extraction": extraction_record,
+            "params": backbone.count_parameters(),
+            "problems": [str(p) for p in problems],
+        },
+    )
+    return result
+
+
+def _metric_keys(multilabel: bool) -> list[str]:
+    if multilabel:
+        return ["mAP", "macro_auc", "macro_f1", "micro_f1"]
+    return ["accuracy", "balanced_accuracy", "macro_f1"]

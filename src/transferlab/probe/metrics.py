@@ -1,0 +1,74 @@
+"""Metrics for single-label (accuracy, balanced accuracy, macro-F1, confusion) and multi-label (AUC, mAP, F1) tasks."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from sklearn.metrics import (
+    accuracy_score,
+    average_precision_score,
+    balanced_accuracy_score,
+    confusion_matrix,
+    f1_score,
+    precision_recall_fscore_support,
+    roc_auc_score,
+)
+
+
+def tune_thresholds(y_true: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """Per-label decision threshold maximizing F1 on (validation) data; 0.5 where a label has no positives."""
+    thresholds = np.full(y_true.shape[1], 0.5)
+    candidates = np.linspace(0.05, 0.95, 19)
+    for label in range(y_true.shape[1]):
+        if y_true[:, label].sum() == 0:
+            continue
+        f1s = [f1_score(y_true[:, label], scores[:, label] >= t, zero_division=0) for t in candidates]
+        thresholds[label] = candidates[int(np.argmax(f1s))]
+    return thresholds
+
+
+def _per_class(y_true: np.ndarray, y_pred: np.ndarray, classes: list[str], labels: Any = None) -> list[dict[str, Any]]:
+    precision, recall, f1, support = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
+    return [
+        {"class": name, "precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
+        for name, p, r, f, s in zip(classes, precision, recall, f1, support, strict=True)
+    ]
+
+
+def classification_metrics(
+    y_true: np.ndarray, scores: np.ndarray, classes: list[str], thresholds: np.ndarray | None = None
+) -> dict[str, Any]:
+    """All metrics for one split; ``scores`` are class probabilities (softmax or per-label sigmoid)."""
+    if y_true.ndim == 1:
+        y_pred = scores.argmax(axis=1)
+        labels = np.arange(len(classes))
+        return {
+            "n": len(y_true),
+            "accuracy": float(accuracy_score(y_true, y_pred)),
+            "balanced_accuracy": float(balanced_accuracy_score(y_true, y_pred)),
+            "macro_f1": float(f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)),
+            "confusion_matrix": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
+            "per_class": _per_class(y_true, y_pred, classes, labels),
+        }
+    thresholds = np.full(len(classes), 0.5) if thresholds is None else thresholds
+    y_pred = (scores >= thresholds).astype(np.uint8)
+    scored = [c for c in range(len(classes)) if 0 < y_true[:, c].sum() < len(y_true)]
+    return {
+        "n": len(y_true),
+        "macro_auc": float(roc_auc_score(y_true[:, scored], scores[:, scored], average="macro")) if scored else None,
+        "mAP": float(average_precision_score(y_true[:, scored], scores[:, scored], average="macro"))
+        if scored
+        else None,
+        "macro_f1": float(f1_score(y_true, y_pred, average="macro", zero_division=0)),
+        "micro_f1": float(f1_score(y_true, y_pred, average="micro", zero_division=0)),
+        "exact_match": float((y_pred == y_true).all(axis=1).mean()),
+        "thresholds": [float(t) for t in thresholds],
+        "per_class": _per_class(y_true, y_pred, classes),
+    }
+
+
+def headline(metrics: dict[str, Any]) -> tuple[str, float]:
+    """The one number to compare runs by: accuracy (single-label) or mAP (multi-label)."""
+    key = "accuracy" if "accuracy" in metrics else "mAP"
+    return key, metrics[key]

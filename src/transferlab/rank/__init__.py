@@ -1,0 +1,1 @@
+"""Transferability scores for ranking pre-trained models without fine-tuning."""

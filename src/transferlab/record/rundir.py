@@ -1,0 +1,65 @@
+"""The run directory: everything needed to understand and reproduce a run, written atomically as it happens."""
+
+from __future__ import annotations
+
+import csv
+import io
+import platform
+import sys
+import time
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from transferlab.fileio import atomic_write_text, write_json
+
+_PACKAGES = ("transferlab", "torch", "torchvision", "timm", "numpy", "scikit-learn", "pillow", "optuna")
+
+
+def environment() -> dict[str, Any]:
+    """Python, platform and package versions, so a result can be traced to the software that produced it."""
+    versions = {}
+    for package in _PACKAGES:
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = None
+    import torch
+
+    return {
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "packages": versions,
+        "torch_threads": torch.get_num_threads(),
+        "command": sys.argv,
+    }
+
+
+def default_run_name(data: Path) -> str:
+    return f"{data.stem or 'data'}-{datetime.now(timezone.utc).strftime('%Y%m%d-%H%M%S')}"
+
+
+class RunDir:
+    """``runs/<name>/`` with helpers that write JSON, CSV and text files atomically."""
+
+    def __init__(self, runs_root: Path, name: str) -> None:
+        self.path = Path(runs_root) / name
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.started = time.time()
+
+    def write_json(self, filename: str, payload: Any) -> Path:
+        write_json(self.path / filename, payload)
+        return self.path / filename
+
+    def write_csv(self, filename: str, header: list[str], rows: list[list[Any]]) -> Path:
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(header)
+        writer.writerows(rows)
+        atomic_write_text(self.path / filename, buffer.getvalue())
+        return self.path / filename
+
+    def write_text(self, filename: str, text: str) -> Path:
+        atomic_write_text(self.path / filename, text)
+        return self.path / filename
