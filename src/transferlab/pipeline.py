@@ -37,6 +37,7 @@ class RunConfig:
     backbone: str = DEFAULT_BACKBONE
     weights: str | None = None
     cut_point: str = HEAD
+    image_size: int | None = None
     seed: int = 0
     subset: float | None = None
     val_fraction: float = 0.15
@@ -116,7 +117,9 @@ def run(
     readable = [i for i, digest in enumerate(digests) if digest is not None]
     dataset, hashes = dataset.subset(readable), [digests[i] for i in readable]
 
-    backbone = load_backbone(config.backbone, config.weights, allow_download=config.allow_download)
+    backbone = load_backbone(
+        config.backbone, config.weights, allow_download=config.allow_download, image_size=config.image_size
+    )
     if config.cut_point not in backbone.cut_dims:
         raise TransferlabError(
             f"unknown cut point '{config.cut_point}' for {backbone.name}: {', '.join(backbone.cut_dims)}"

@@ -93,9 +93,18 @@ class Backbone:
 
 
 def load_backbone(
-    name: str, weights: str | Path | None = None, *, allow_download: bool = False, keep_classifier: bool = False
+    name: str,
+    weights: str | Path | None = None,
+    *,
+    allow_download: bool = False,
+    keep_classifier: bool = False,
+    image_size: int | None = None,
 ) -> Backbone:
-    """Build ``name`` from timm, load its weights offline and put it in eval mode."""
+    """Build ``name`` from timm, load its weights offline and put it in eval mode.
+
+    ``image_size`` overrides the pretrained input resolution (e.g. small images, quick trials); the crop ratio,
+    interpolation and normalization stay the model's own.
+    """
     source = resolve_weights(name, weights, allow_download=allow_download)
     model = timm.create_model(name, pretrained=False)
     if not hasattr(model, "forward_intermediates"):
@@ -108,4 +117,6 @@ def load_backbone(
     cut_dims = {info["module"]: int(info["num_chs"]) for info in model.feature_info}
     cut_dims[HEAD] = int(model.num_features if not hasattr(model, "head_hidden_size") else model.head_hidden_size)
     data_config = resolve_model_data_config(model)
+    if image_size:
+        data_config["input_size"] = (3, image_size, image_size)
     return Backbone(name, model, source, data_config, cut_points, cut_dims)

@@ -1,0 +1,64 @@
+"""Argument groups shared by several commands (data selection, backbone and run-directory options)."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from transferlab.backbones import DEFAULT_BACKBONE
+from transferlab.backbones.model import HEAD
+
+
+def add_data_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "data",
+        help="folder with one sub-folder per class, or a CSV (path,label | path,labels | path + one 0/1 column "
+        "per label); CSV paths are relative to the CSV's folder",
+    )
+    parser.add_argument("--label-sep", help="separator inside a 'labels' cell (default: ';' or '|', else spaces)")
+
+
+def add_run_options(parser: argparse.ArgumentParser) -> None:
+    add_data_options(parser)
+    parser.add_argument("--backbone", default=DEFAULT_BACKBONE, help=f"timm model name (default: {DEFAULT_BACKBONE})")
+    parser.add_argument("--weights", help="local weights file (.safetensors, or .pth loaded with weights_only=True)")
+    parser.add_argument("--allow-download", action="store_true", help="fetch weights from the Hugging Face hub")
+    parser.add_argument("--image-size", type=int, help="override the backbone's input resolution (pixels)")
+    parser.add_argument("--cut-point", default=HEAD, help="where to take features: a stage (e.g. blocks.4) or 'head'")
+    parser.add_argument("--seed", type=int, default=0, help="seed for split, subset and models (default 0)")
+    parser.add_argument("--subset", type=float, help="use a stratified fraction of the data, e.g. 0.25")
+    parser.add_argument("--val-fraction", type=float, default=0.15)
+    parser.add_argument("--test-fraction", type=float, default=0.15)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--workers", type=int, help="image decoding processes (default: cores - 1, at most 2)")
+    parser.add_argument("--runs-dir", default="runs", help="where run directories go (default ./runs)")
+    parser.add_argument("--name", help="run name (default: <data>-<UTC time>)")
+    parser.add_argument("--cache-dir", help="feature cache (default $TRANSFERLAB_CACHE or ~/.cache/transferlab)")
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+RUN_OPTION_NAMES = (
+    "backbone",
+    "weights",
+    "allow_download",
+    "image_size",
+    "cut_point",
+    "seed",
+    "subset",
+    "val_fraction",
+    "test_fraction",
+    "label_sep",
+    "batch_size",
+    "workers",
+)
+
+
+def run_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """Keyword arguments for :func:`transferlab.run` from parsed ``add_run_options`` arguments."""
+    return {
+        "runs_dir": args.runs_dir,
+        "name": args.name,
+        "cache_dir": args.cache_dir,
+        "progress": not args.no_progress,
+        **{name: getattr(args, name) for name in RUN_OPTION_NAMES},
+    }
