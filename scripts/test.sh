@@ -3,6 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh test
+bash scripts/services.sh
 . .venv/bin/activate
 ruff check src tests bench scripts
 set +e

@@ -15,13 +15,14 @@ from typing import Any
 import numpy as np
 
 from transferlab.backbones import DEFAULT_BACKBONE, load_backbone
-from transferlab.backbones.model import HEAD
+from transferlab.backbones.model import HEAD, Backbone
 from transferlab.data import ImageDataset, Problem, load_dataset, make_split, stratified_subset
 from transferlab.data.dataset import printable
-from transferlab.data.split import SPLITS, split_digest
+from transferlab.data.split import SPLITS, Split, split_digest
 from transferlab.errors import TransferlabError
 from transferlab.features import FeatureCache, default_cache_dir, extract_features
 from transferlab.features.cache import content_hash
+from transferlab.features.extract import ExtractionReport
 from transferlab.probe import fit_probe
 from transferlab.probe.metrics import headline
 from transferlab.record import RunDir, environment, write_report
@@ -95,19 +96,45 @@ def _ensure_trainable(dataset: ImageDataset) -> None:
         raise TransferlabError(f"after skipping unusable images fewer than 2 classes remain ({present or 'none'})")
 
 
-def run(
-    data: str | Path,
+@dataclass
+class PreparedData:
+    """The shared front half of every command: usable images, their content hashes, the split and cached features.
+
+    Later stages (probe, head search, fine-tuning, ranking) start from this and never re-index or re-extract.
+    """
+
+    config: RunConfig
+    dataset: ImageDataset
+    hashes: list[str]
+    split: Split
+    backbone: Backbone
+    cache: FeatureCache
+    extraction: ExtractionReport
+    problems: list[Problem]
+
+    def features(self, cut_point: str | None = None) -> dict[str, np.ndarray]:
+        """Cached features at ``cut_point`` (default: the configured one), per split name."""
+        name = cut_point or self.config.cut_point
+        matrix = self.cache.load(self.hashes, [name])[name]
+        return {s: matrix[self.split.indices(s)] for s in SPLITS}
+
+    def targets(self) -> dict[str, np.ndarray]:
+        """Class ids (or 0/1 label rows for multi-label), per split name."""
+        return {s: self.dataset.y[self.split.indices(s)] for s in SPLITS}
+
+    def split_paths(self, split_name: str) -> list[Path]:
+        """Absolute image paths of one split, in the order of :meth:`features` and :meth:`targets`."""
+        return [self.dataset.absolute(int(i)) for i in self.split.indices(split_name)]
+
+
+def prepare(
+    config: RunConfig,
     *,
-    runs_dir: str | Path = "runs",
-    name: str | None = None,
     cache_dir: str | Path | None = None,
     progress: bool = True,
     echo: Callable[[str], None] = print,
-    **options: Any,
-) -> RunResult:
-    """Extract (or reuse) features, fit the probe, write ``runs/<name>/`` and return the result."""
-    config = RunConfig(data=str(data), **options)
-    started = time.perf_counter()
+) -> PreparedData:
+    """Index the data, load the backbone, extract (or reuse) features and split; skipped inputs are echoed."""
     dataset = load_dataset(config.data, label_sep=config.label_sep)
     if config.subset:
         dataset = dataset.subset(stratified_subset(dataset.y, config.subset, config.seed))
@@ -143,14 +170,26 @@ def run(
     split = make_split(
         dataset.y, hashes, seed=config.seed, val_fraction=config.val_fraction, test_fraction=config.test_fraction
     )
-    matrix = cache.load(hashes, [config.cut_point])[config.cut_point]
-    parts = {s: split.indices(s) for s in SPLITS}
-    probe = fit_probe(
-        {s: matrix[i] for s, i in parts.items()},
-        {s: dataset.y[i] for s, i in parts.items()},
-        dataset.classes,
-        seed=config.seed,
-    )
+    return PreparedData(config, dataset, hashes, split, backbone, cache, extraction, problems)
+
+
+def run(
+    data: str | Path,
+    *,
+    runs_dir: str | Path = "runs",
+    name: str | None = None,
+    cache_dir: str | Path | None = None,
+    progress: bool = True,
+    echo: Callable[[str], None] = print,
+    **options: Any,
+) -> RunResult:
+    """Extract (or reuse) features, fit the probe, write ``runs/<name>/`` and return the result."""
+    config = RunConfig(data=str(data), **options)
+    started = time.perf_counter()
+    prepared = prepare(config, cache_dir=cache_dir, progress=progress, echo=echo)
+    dataset, hashes, split, backbone = prepared.dataset, prepared.hashes, prepared.split, prepared.backbone
+    extraction, cache, problems = prepared.extraction, prepared.cache, prepared.problems
+    probe = fit_probe(prepared.features(), prepared.targets(), dataset.classes, seed=config.seed)
 
     run_dir = RunDir(Path(runs_dir), name or default_run_name(Path(config.data)))
     timings = {
