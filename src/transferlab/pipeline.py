@@ -26,6 +26,7 @@ from transferlab.features.extract import ExtractionReport
 from transferlab.probe import fit_probe
 from transferlab.probe.metrics import headline
 from transferlab.record import RunDir, environment, write_report
+from transferlab.record.predictions import prediction_rows, write_predictions
 from transferlab.record.rundir import default_run_name
 from transferlab.record.saved_probe import save_probe
 
@@ -136,6 +137,13 @@ def prepare(
 ) -> PreparedData:
     """Index the data, load the backbone, extract (or reuse) features and split; skipped inputs are echoed."""
     dataset = load_dataset(config.data, label_sep=config.label_sep)
+    backbone = load_backbone(
+        config.backbone, config.weights, allow_download=config.allow_download, image_size=config.image_size
+    )
+    if config.cut_point not in backbone.cut_dims:
+        raise TransferlabError(
+            f"unknown cut point '{config.cut_point}' for {backbone.name}: {', '.join(backbone.cut_dims)}"
+        )
     if config.subset:
         dataset = dataset.subset(stratified_subset(dataset.y, config.subset, config.seed))
     problems = list(dataset.problems)
@@ -144,13 +152,6 @@ def prepare(
     readable = [i for i, digest in enumerate(digests) if digest is not None]
     dataset, hashes = dataset.subset(readable), [digests[i] for i in readable]
 
-    backbone = load_backbone(
-        config.backbone, config.weights, allow_download=config.allow_download, image_size=config.image_size
-    )
-    if config.cut_point not in backbone.cut_dims:
-        raise TransferlabError(
-            f"unknown cut point '{config.cut_point}' for {backbone.name}: {', '.join(backbone.cut_dims)}"
-        )
     cache = FeatureCache(Path(cache_dir) if cache_dir else default_cache_dir(), backbone.identity())
     paths = [dataset.absolute(i) for i in range(len(dataset))]
     extraction = extract_features(
@@ -189,7 +190,8 @@ def run(
     prepared = prepare(config, cache_dir=cache_dir, progress=progress, echo=echo)
     dataset, hashes, split, backbone = prepared.dataset, prepared.hashes, prepared.split, prepared.backbone
     extraction, cache, problems = prepared.extraction, prepared.cache, prepared.problems
-    probe = fit_probe(prepared.features(), prepared.targets(), dataset.classes, seed=config.seed)
+    features, targets = prepared.features(), prepared.targets()
+    probe = fit_probe(features, targets, dataset.classes, seed=config.seed)
 
     run_dir = RunDir(Path(runs_dir), name or default_run_name(Path(config.data)))
     timings = {
@@ -234,6 +236,12 @@ def run(
     )
     run_dir.write_text("problems.txt", "".join(f"{problem}\n" for problem in problems))
     save_probe(run_dir.path, probe, dataset.classes, config.cut_point, record["backbone"], dataset.multilabel)
+    rows = []
+    for split_name in ("val", "test"):
+        paths = [dataset.paths[i] for i in split.indices(split_name)]
+        scores = probe.predict_scores(features[split_name])
+        rows += prediction_rows(split_name, paths, targets[split_name], scores, dataset.classes, probe.thresholds)
+    write_predictions(run_dir, rows)
     result = RunResult(
         run_dir.path, probe.metrics, dataset.classes, problems, extraction_record, timings, config, record
     )

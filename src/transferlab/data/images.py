@@ -79,7 +79,8 @@ def load_image(path: str | Path) -> Image.Image:
     except IsADirectoryError:
         raise ImageLoadError(path, "is a directory") from None
     except UnidentifiedImageError:
-        raise ImageLoadError(path, "not an image (format not recognised)") from None
+        reason = "empty file (0 bytes)" if Path(path).stat().st_size == 0 else "not an image (format not recognised)"
+        raise ImageLoadError(path, reason) from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
         raise ImageLoadError(path, f"too large, refused as a possible decompression bomb ({error})") from None
     except (OSError, SyntaxError, ValueError, EOFError) as error:

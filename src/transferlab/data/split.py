@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from transferlab.errors import TransferlabError
+
 SPLITS = ("train", "val", "test")
 
 
@@ -49,7 +51,7 @@ def _positions(y: np.ndarray, seed: int) -> np.ndarray:
 def stratified_subset(y: np.ndarray, fraction: float, seed: int) -> np.ndarray:
     """Indices of a stratified ``fraction`` of the samples; nested for growing fractions with the same seed."""
     if not 0 < fraction <= 1:
-        raise ValueError(f"subset fraction must be in (0, 1], got {fraction}")
+        raise TransferlabError(f"--subset must be a fraction in (0, 1], got {fraction}")
     return np.flatnonzero(_positions(y, seed + 7919) < fraction)
 
 

@@ -34,9 +34,14 @@ class ProbeResult:
     thresholds: np.ndarray | None
     metrics: dict[str, dict[str, Any]]
     fit_seconds: float
+    n_classes: int
+    multilabel: bool
 
     def predict_scores(self, features: np.ndarray) -> np.ndarray:
-        return self.model.predict_proba(features)
+        """Class probabilities (every class, absent-from-train ones at 0), or per-label sigmoid scores."""
+        if self.multilabel:
+            return _label_scores(self.model, features, self.n_classes)
+        return _class_scores(self.model, features, self.n_classes)
 
 
 def _cv_logistic(smallest: int, seed: int) -> Any:
@@ -71,13 +76,12 @@ def fit_probe(
     thresholds = None
     if y_train.ndim == 2 and "val" in features and len(y["val"]):
         thresholds = tune_thresholds(y["val"], _label_scores(model, features["val"], y_train.shape[1]))
-    metrics = {}
+    probe = ProbeResult(model, _chosen_c(model), thresholds, {}, fit_seconds, len(classes), y_train.ndim == 2)
     for split_name, split_features in features.items():
         if len(split_features):
-            score = _label_scores if y_train.ndim == 2 else _class_scores
-            scores = score(model, split_features, len(classes))
-            metrics[split_name] = classification_metrics(y[split_name], scores, classes, thresholds)
-    return ProbeResult(model, _chosen_c(model), thresholds, metrics, fit_seconds)
+            scores = probe.predict_scores(split_features)
+            probe.metrics[split_name] = classification_metrics(y[split_name], scores, classes, thresholds)
+    return probe
 
 
 def _class_scores(model: Pipeline, features: np.ndarray, n_classes: int) -> np.ndarray:

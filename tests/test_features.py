@@ -1,0 +1,104 @@
+"""Feature extraction: accurate bf16 fast path, content-keyed cache, atomic shards."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from skimage import data as skdata
+
+from transferlab.backbones import DEFAULT_BACKBONE, load_backbone
+from transferlab.features import FeatureCache, extract_features
+from transferlab.features.cache import content_hash
+from transferlab.features.extract import BF16_MIN_COSINE, choose_precision
+
+
+def test_bf16_features_stay_within_cosine_bound_of_fp32_on_real_photos() -> None:
+    backbone = load_backbone(DEFAULT_BACKBONE)
+    transform = backbone.transform()
+    photos = (skdata.chelsea(), skdata.coffee(), skdata.astronaut())
+    images = torch.stack([transform(Image.fromarray(photo)) for photo in photos])
+    precision, cosine = choose_precision(backbone, images.contiguous(memory_format=torch.channels_last))
+    assert precision == "bf16"
+    assert cosine > BF16_MIN_COSINE
+
+
+def test_fp32_can_be_forced(monkeypatch: pytest.MonkeyPatch, tiny_weights: Path) -> None:
+    monkeypatch.setenv("TRANSFERLAB_FP32", "1")
+    backbone = load_backbone("test_efficientnet", tiny_weights, image_size=32)
+    assert choose_precision(backbone, torch.zeros(2, 3, 32, 32)) == ("fp32", None)
+
+
+def _files(folder: Path, n: int = 6) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(1)
+    paths = []
+    for i in range(n):
+        path = folder / f"{i}.png"
+        Image.fromarray(rng.integers(0, 255, (20, 20, 3), dtype=np.uint8)).save(path)
+        paths.append(path)
+    return paths
+
+
+def test_cache_reuse_skips_the_forward_pass(tmp_path: Path, tiny_weights: Path, monkeypatch) -> None:
+    backbone = load_backbone("test_efficientnet", tiny_weights, image_size=32)
+    paths = _files(tmp_path / "img")
+    digests = [content_hash(p) for p in paths]
+    first = extract_features(backbone, paths, digests, FeatureCache(tmp_path / "c", backbone.identity()), workers=0,
+                             progress=False)
+    assert first.computed == len(paths)
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("backbone ran although every image is cached")
+
+    monkeypatch.setattr(type(backbone), "features", forbidden)
+    cache = FeatureCache(tmp_path / "c", backbone.identity())  # a new process would open the cache like this
+    second = extract_features(backbone, paths, digests, cache, workers=0, progress=False)
+    assert (second.computed, second.cached) == (0, len(paths))
+    assert set(cache.load(digests, ["head"])) == {"head"}
+
+
+def test_cache_key_changes_with_weights_and_preprocessing(tmp_path: Path, tiny_weights: Path) -> None:
+    a = load_backbone("test_efficientnet", tiny_weights, image_size=32)
+    b = load_backbone("test_efficientnet", tiny_weights, image_size=48)
+    assert FeatureCache(tmp_path, a.identity()).key != FeatureCache(tmp_path, b.identity()).key
+
+
+def test_features_identical_for_same_content_under_another_name(tmp_path: Path, tiny_weights: Path) -> None:
+    backbone = load_backbone("test_efficientnet", tiny_weights, image_size=32)
+    paths = _files(tmp_path / "img", 2)
+    copy = tmp_path / "img" / "copy.png"
+    copy.write_bytes(paths[0].read_bytes())
+    digests = [content_hash(p) for p in [*paths, copy]]
+    assert digests[0] == digests[2]
+    cache = FeatureCache(tmp_path / "c", backbone.identity())
+    report = extract_features(backbone, [*paths, copy], digests, cache, workers=0, progress=False)
+    assert report.computed == 2  # the copy is computed once
+
+
+def test_partial_or_corrupt_shards_are_never_read(tmp_path: Path) -> None:
+    identity = {"backbone": "x"}
+    cache = FeatureCache(tmp_path, identity)
+    cache.write_shard(["a" * 64], {"head": np.ones((1, 4), dtype=np.float32)})
+    (cache.directory / "shard-broken.npz").write_bytes(b"PK\x03\x04 truncated")
+    (cache.directory / ".shard-x.npz.123.tmp").write_bytes(b"partial")
+    reopened = FeatureCache(tmp_path, identity)
+    assert "a" * 64 in reopened
+    assert [p.name for p in reopened.unreadable] == ["shard-broken.npz"]
+    np.testing.assert_array_equal(reopened.load(["a" * 64], ["head"])["head"], np.ones((1, 4)))
+
+
+def test_undecodable_images_are_reported_not_fatal(tmp_path: Path, tiny_weights: Path) -> None:
+    backbone = load_backbone("test_efficientnet", tiny_weights, image_size=32)
+    paths = _files(tmp_path / "img", 3)
+    bad = tmp_path / "img" / "bad.jpg"
+    bad.write_text("not an image")
+    paths.append(bad)
+    digests = [content_hash(p) for p in paths]
+    report = extract_features(backbone, paths, digests, FeatureCache(tmp_path / "c", backbone.identity()),
+                              workers=0, progress=False, batch_size=2)
+    assert report.computed == 3
+    assert list(report.failed) == [str(bad)]

@@ -1,0 +1,61 @@
+"""The linear probe: CV-chosen regularization, honest metrics, tuned multi-label thresholds."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from transferlab.probe import fit_probe
+from transferlab.probe.metrics import classification_metrics, tune_thresholds
+
+
+def _blobs(n: int, classes: int, dim: int, separation: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(size=(classes, dim)) * separation
+    y = np.repeat(np.arange(classes), n // classes)
+    return centers[y] + rng.normal(size=(len(y), dim)), y
+
+
+def _splits(x: np.ndarray, y: np.ndarray) -> tuple[dict, dict]:
+    order = np.random.default_rng(0).permutation(len(y))
+    half, three_quarters = len(y) // 2, 3 * len(y) // 4
+    parts = {"train": order[:half], "val": order[half:three_quarters], "test": order[three_quarters:]}
+    return {k: x[v] for k, v in parts.items()}, {k: y[v] for k, v in parts.items()}
+
+
+def test_separable_classes_score_high_and_noise_scores_near_chance() -> None:
+    x, y = _blobs(240, 4, 16, 3.0, 0)
+    features, targets = _splits(x, y)
+    good = fit_probe(features, targets, list("abcd"))
+    assert good.metrics["test"]["accuracy"] > 0.9
+    noise = {k: np.random.default_rng(1).normal(size=v.shape) for k, v in features.items()}
+    bad = fit_probe(noise, targets, list("abcd"))
+    assert bad.metrics["test"]["accuracy"] < 0.5
+    assert np.asarray(good.metrics["test"]["confusion_matrix"]).sum() == len(targets["test"])
+
+
+def test_multilabel_probe_reports_map_auc_and_uses_val_thresholds() -> None:
+    rng = np.random.default_rng(2)
+    y = (rng.random((300, 3)) < 0.4).astype(np.uint8)
+    y[y.sum(1) == 0, 0] = 1
+    x = y * 2.0 + rng.normal(size=y.shape) * 0.7
+    x = np.hstack([x, rng.normal(size=(300, 5))])
+    features, targets = _splits(x, y)
+    probe = fit_probe(features, targets, ["a", "b", "c"])
+    assert probe.thresholds is not None and probe.thresholds.shape == (3,)
+    test = probe.metrics["test"]
+    assert test["mAP"] > 0.85 and test["macro_auc"] > 0.9
+
+
+def test_thresholds_maximize_f1_per_label() -> None:
+    y = np.array([[1], [1], [0], [0]])
+    scores = np.array([[0.3], [0.25], [0.2], [0.1]])
+    threshold = tune_thresholds(y, scores)[0]
+    assert 0.2 < threshold <= 0.25
+
+
+def test_single_label_metrics_from_probabilities() -> None:
+    scores = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.3, 0.7]])
+    metrics = classification_metrics(np.array([0, 1, 1, 1]), scores, ["x", "y"])
+    assert metrics["accuracy"] == 0.75
+    assert metrics["confusion_matrix"] == [[1, 0], [1, 2]]
+    assert metrics["balanced_accuracy"] == (1 + 2 / 3) / 2

@@ -1,0 +1,120 @@
+"""``transferlab run`` end to end on the tiny backbone: run directory, determinism, CLI, bad files named."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import transferlab
+from transferlab.cli import main
+
+RUN_FILES = {
+    "config.json", "environment.json", "record.json", "metrics.json", "timings.json", "split.csv", "problems.txt",
+    "probe.safetensors", "probe.json", "predictions.csv", "report.html",
+}
+
+
+def test_run_writes_a_complete_reproducible_record(class_folder: Path, tiny_run_options: dict) -> None:
+    first = transferlab.run(class_folder, name="a", seed=5, **tiny_run_options)
+    assert {p.name for p in first.run_dir.iterdir()} >= RUN_FILES
+    config = json.loads((first.run_dir / "config.json").read_text())
+    assert config["seed"] == 5 and config["backbone"] == "test_efficientnet"
+    environment = json.loads((first.run_dir / "environment.json").read_text())
+    assert environment["python"] and {"torch", "timm", "scikit-learn"} <= set(environment["packages"])
+    assert first.metrics["test"]["accuracy"] > 0.6
+    assert first.extraction["computed"] == 36
+
+    second = transferlab.run(class_folder, name="b", seed=5, **tiny_run_options)
+    assert second.extraction["computed"] == 0 and second.extraction["cached"] == 36
+    assert (first.run_dir / "split.csv").read_text() == (second.run_dir / "split.csv").read_text()
+    assert first.record["split_digest"] == second.record["split_digest"]
+    assert first.metrics == second.metrics
+
+    other_seed = transferlab.run(class_folder, name="c", seed=6, **tiny_run_options)
+    assert other_seed.record["split_digest"] != first.record["split_digest"]
+
+
+def test_predictions_cover_val_and_test(class_folder: Path, tiny_run_options: dict) -> None:
+    result = transferlab.run(class_folder, name="p", **tiny_run_options)
+    with open(result.run_dir / "predictions.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert {row["split"] for row in rows} == {"val", "test"}
+    assert len(rows) == result.metrics["val"]["n"] + result.metrics["test"]["n"]
+    correct = np.mean([row["true"] == row["predicted"] for row in rows if row["split"] == "test"])
+    assert correct == pytest.approx(result.metrics["test"]["accuracy"])
+
+
+def test_multilabel_run_on_the_demo_mosaics_scores_map(tiny_run_options: dict) -> None:
+    from conftest import DEMO_MULTILABEL
+
+    result = transferlab.run(DEMO_MULTILABEL, name="ml", subset=0.5, **tiny_run_options)
+    assert result.record["task"] == "multi-label"
+    assert 0 < result.metrics["test"]["mAP"] <= 1
+    assert len(json.loads((result.run_dir / "record.json").read_text())["probe"]["thresholds"]) == 10
+
+
+def _cli(tiny_run_options: dict, *args: str) -> list[str]:
+    options = [
+        "--backbone", tiny_run_options["backbone"], "--weights", tiny_run_options["weights"],
+        "--image-size", str(tiny_run_options["image_size"]), "--cache-dir", tiny_run_options["cache_dir"],
+        "--runs-dir", tiny_run_options["runs_dir"], "--workers", "0", "--no-progress",
+    ]
+    return [*args, *options]
+
+
+def _bad_files(folder: Path) -> None:
+    """The issue's acceptance folder: a truncated JPEG, a CMYK JPEG, an RGBA PNG and a text file named .jpg."""
+    buffer = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (48, 48, 3), dtype=np.uint8)).save(buffer, "JPEG")
+    (folder / "red" / "truncated.jpg").write_bytes(buffer.getvalue()[:300])
+    Image.new("CMYK", (24, 24), (0, 255, 255, 0)).save(folder / "red" / "cmyk.jpg")
+    Image.new("RGBA", (24, 24), (0, 0, 255, 128)).save(folder / "blue" / "alpha.png")
+    (folder / "green" / "notes.jpg").write_text("this is a text file")
+
+
+def test_cli_run_skips_bad_files_by_name_and_finishes(
+    class_folder: Path, tiny_run_options: dict, capsys: pytest.CaptureFixture
+) -> None:
+    _bad_files(class_folder)
+    assert main(_cli(tiny_run_options, "run", str(class_folder), "--name", "bad")) == 0
+    out = capsys.readouterr().out
+    assert "skipped red/truncated.jpg: corrupt or truncated" in out
+    assert "skipped green/notes.jpg: not an image" in out
+    assert "2 input(s) skipped" in out
+    assert "cmyk.jpg" not in out and "alpha.png" not in out  # decodable modes are converted, not skipped
+    assert "accuracy" in out and "report:" in out
+    split = (Path(tiny_run_options["runs_dir"]) / "bad" / "split.csv").read_text()
+    assert "red/cmyk.jpg" in split and "blue/alpha.png" in split and "notes.jpg" not in split
+
+
+def test_cli_user_mistakes_are_one_line_errors(class_folder: Path, tiny_run_options: dict, capsys) -> None:
+    assert main(_cli(tiny_run_options, "run", str(class_folder / "nowhere"))) == 2
+    assert capsys.readouterr().err.startswith("error: ")
+    assert main(["run", str(class_folder), "--backbone", "no_such_net"]) == 2
+    assert "unknown backbone" in capsys.readouterr().err
+
+
+def test_cli_probe_info_and_backbones(class_folder: Path, tiny_run_options: dict, capsys) -> None:
+    assert main(_cli(tiny_run_options, "probe", str(class_folder), "--cut-point", "blocks.2", "--name", "pr")) == 0
+    assert "test" in capsys.readouterr().out
+    record = json.loads((Path(tiny_run_options["runs_dir"]) / "pr" / "record.json").read_text())
+    assert record["probe"]["cut_point"] == "blocks.2"
+    assert main(["info", str(class_folder)]) == 0
+    info = capsys.readouterr().out
+    assert "red" in info and "12" in info
+    assert main(["backbones"]) == 0
+    assert "tf_efficientnet_lite0" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("command", ["run", "probe", "info", "backbones"])
+def test_every_command_has_help(command: str, capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    assert len(capsys.readouterr().out) > 200
