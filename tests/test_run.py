@@ -118,3 +118,39 @@ def test_every_command_has_help(command: str, capsys) -> None:
         main([command, "--help"])
     assert exit_info.value.code == 0
     assert len(capsys.readouterr().out) > 200
+
+
+def test_run_with_backbones_ranks_first_and_continues_with_the_choice(
+    class_folder: Path, tiny_run_options: dict, capsys
+) -> None:
+    assert main(_cli(tiny_run_options, "run", str(class_folder), "--name", "ranked",
+                     "--backbones", "test_efficientnet,resnet18")) == 0
+    out = capsys.readouterr().out
+    assert "resnet18: unavailable" in out
+    run_dir = Path(tiny_run_options["runs_dir"]) / "ranked"
+    ranking = json.loads((run_dir / "ranking.json").read_text())
+    record = json.loads((run_dir / "record.json").read_text())
+    assert record["probe"]["cut_point"] == ranking["chosen"]["cut_point"]
+    assert ranking["chosen"]["backbone"] == "test_efficientnet" and ranking["chosen"]["reason"]
+
+
+def test_run_all_stages_records_each_and_predicts_with_the_final_model(
+    class_folder: Path, tiny_run_options: dict, capsys
+) -> None:
+    args = _cli(tiny_run_options, "run", str(class_folder), "--name", "full", "--trials", "3", "--fractions", "0.5,1",
+                "--finetune", "--epochs", "1", "--head-epochs", "1", "--unfreeze", "top:1", "--finetune-image-size",
+                "32")
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "test split by stage:" in out and "fine-tune" in out and "head search" in out
+    run_dir = Path(tiny_run_options["runs_dir"]) / "full"
+    for name in ("search.json", "fractions.json", "finetune.json", "finetuned.safetensors", "advice.json"):
+        assert (run_dir / name).is_file(), name
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["trials"] == 3 and config["finetune"]["unfreeze"] == "top:1"
+    finetune = json.loads((run_dir / "finetune.json").read_text())
+    with open(run_dir / "predictions.csv", newline="") as handle:
+        test_rows = [row for row in csv.DictReader(handle) if row["split"] == "test"]
+    accuracy = np.mean([row["true"] == row["predicted"] for row in test_rows])
+    assert accuracy == pytest.approx(finetune["test_metrics"]["accuracy"])
+    assert "Fine-tuning" in (run_dir / "report.html").read_text()

@@ -4,8 +4,9 @@
 cross-validated linear probe and writes a reproducible run directory with a report.
 """
 
+from transferlab.api import ImageClassifier
 from transferlab.errors import TransferlabError
 from transferlab.pipeline import RunConfig, RunResult, run
 
 __version__ = "0.1.0"
-__all__ = ["RunConfig", "RunResult", "TransferlabError", "__version__", "run"]
+__all__ = ["ImageClassifier", "RunConfig", "RunResult", "TransferlabError", "__version__", "run"]

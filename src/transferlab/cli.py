@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from transferlab.commands import COMMAND_MODULES
-from transferlab.errors import TransferlabError
+from transferlab.errors import DISK_FULL, TransferlabError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,6 +27,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.handler(args)
     except TransferlabError as error:
         print(f"error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:
+        if error.errno not in DISK_FULL:
+            raise
+        where = f" writing {error.filename}" if error.filename else ""
+        print(f"error: {error.strerror}{where}: free space and run again (finished files are kept)", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted; finished work (cached features, written files) is kept", file=sys.stderr)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +27,9 @@ from transferlab.probe import fit_probe
 from transferlab.probe.metrics import headline
 from transferlab.record import RunDir, environment, write_report
 from transferlab.record.predictions import prediction_rows, write_predictions
-from transferlab.record.rundir import default_run_name
+from transferlab.record.rundir import default_run_name, process_facts
 from transferlab.record.saved_probe import save_probe
+from transferlab.stages import finetune_options, finetune_stage, search_stage
 
 
 @dataclass
@@ -48,6 +49,16 @@ class RunConfig:
     batch_size: int = 32
     workers: int | None = None
     allow_download: bool = False
+    backbones: list[str] | None = None
+    trials: int = 0
+    search_timeout: float | None = None
+    fractions: list[float] | None = None
+    finetune: dict[str, Any] | None = None
+
+
+def _number(value: float | None) -> str:
+    """A metric for the terminal; undefined ones (e.g. AUC of a label absent from a split) print as '–'."""
+    return "–" if value is None else f"{value:.4f}"
 
 
 @dataclass
@@ -62,6 +73,7 @@ class RunResult:
     timings: dict[str, float]
     config: RunConfig
     record: dict[str, Any] = field(default_factory=dict)
+    stage_test_metrics: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def report_path(self) -> Path:
@@ -73,7 +85,12 @@ class RunResult:
         for split_name, values in self.metrics.items():
             key, value = headline(values)
             extra = f"  balanced_accuracy {values['balanced_accuracy']:.4f}" if "balanced_accuracy" in values else ""
-            lines.append(f"{split_name:<6} {values['n']:>6}  {key:<18} {value:.4f}{extra}")
+            lines.append(f"{split_name:<6} {values['n']:>6}  {key:<18} {_number(value)}{extra}")
+        if len(self.stage_test_metrics) > 1:
+            lines.append("test split by stage:")
+            for stage, values in self.stage_test_metrics.items():
+                key, value = headline(values)
+                lines.append(f"  {stage:<12} {key} {_number(value)}")
         return "\n".join(lines)
 
 
@@ -184,9 +201,19 @@ def run(
     echo: Callable[[str], None] = print,
     **options: Any,
 ) -> RunResult:
-    """Extract (or reuse) features, fit the probe, write ``runs/<name>/`` and return the result."""
+    """Extract (or reuse) features, fit the probe, then optionally search heads (``trials``) and fine-tune
+    (``finetune``: FinetuneOptions fields as a dict); write ``runs/<name>/`` and return the result."""
     config = RunConfig(data=str(data), **options)
     started = time.perf_counter()
+    ranking = None
+    if config.backbones:
+        from transferlab.rank.ranking import rank
+
+        ranking = rank(config, config.backbones, cache_dir=cache_dir, progress=progress, echo=echo)
+        echo(ranking.table())
+        chosen = ranking.chosen
+        weights = config.weights if chosen.backbone == config.backbone else None
+        config = replace(config, backbone=chosen.backbone, cut_point=chosen.cut_point, weights=weights)
     prepared = prepare(config, cache_dir=cache_dir, progress=progress, echo=echo)
     dataset, hashes, split, backbone = prepared.dataset, prepared.hashes, prepared.split, prepared.backbone
     extraction, cache, problems = prepared.extraction, prepared.cache, prepared.problems
@@ -225,10 +252,13 @@ def run(
         },
     }
     run_dir.write_json("config.json", asdict(config))
+    if ranking is not None:
+        from transferlab.rank.ranking import write_ranking
+
+        write_ranking(run_dir, ranking)
     run_dir.write_json("environment.json", environment())
     run_dir.write_json("record.json", record)
     run_dir.write_json("metrics.json", probe.metrics)
-    run_dir.write_json("timings.json", {**timings, "extraction": extraction_record})
     run_dir.write_csv(
         "split.csv",
         ["path", "sha256", "split"],
@@ -238,39 +268,27 @@ def run(
     save_probe(run_dir.path, probe, dataset.classes, config.cut_point, record["backbone"], dataset.multilabel)
     rows = []
     for split_name in ("val", "test"):
+        if not len(features[split_name]):
+            continue
         paths = [dataset.paths[i] for i in split.indices(split_name)]
         scores = probe.predict_scores(features[split_name])
         rows += prediction_rows(split_name, paths, targets[split_name], scores, dataset.classes, probe.thresholds)
-    write_predictions(run_dir, rows)
+    stage_metrics = {"probe": probe.metrics.get("test", {})}
+    searched = None
+    if config.trials:
+        searched = search_stage(prepared, run_dir.path, config, echo)
+        stage_metrics["head search"] = searched.test_metrics
+    if config.finetune is not None:
+        options = finetune_options(config, searched, probe, echo)
+        stage_metrics["fine-tune"], rows = finetune_stage(prepared, run_dir.path, options, probe, echo)
+    write_predictions(run_dir, rows, dataset.classes)
+    timings["total_seconds"] = time.perf_counter() - started
+    run_dir.write_json("timings.json", {**timings, "extraction": extraction_record})
     result = RunResult(
         run_dir.path, probe.metrics, dataset.classes, problems, extraction_record, timings, config, record
     )
-    write_report(
-        run_dir.path,
-        {
-            "name": run_dir.path.name,
-            "data": config.data,
-            "backbone": backbone.name,
-            "weights_origin": backbone.weights.origin,
-            "cut_point": config.cut_point,
-            "task": record["task"],
-            "n_classes": len(dataset.classes),
-            "seed": config.seed,
-            "split_digest": record["split_digest"],
-            "metrics": probe.metrics,
-            "metric_keys": _metric_keys(dataset.multilabel),
-            "classes": dataset.classes,
-            "probe_c": probe.C if isinstance(probe.C, float) else f"{np.median(probe.C):.3g} (median over labels)",
-            "timings": timings,
-            "extraction": extraction_record,
-            "params": backbone.count_parameters(),
-            "problems": [str(p) for p in problems],
-        },
-    )
+    result.stage_test_metrics = {stage: values for stage, values in stage_metrics.items() if values}
+    run_dir.write_json("process.json", process_facts())
+    write_report(run_dir.path)
     return result
 
-
-def _metric_keys(multilabel: bool) -> list[str]:
-    if multilabel:
-        return ["mAP", "macro_auc", "macro_f1", "micro_f1"]
-    return ["accuracy", "balanced_accuracy", "macro_f1"]

@@ -27,7 +27,10 @@ HEAD = "head"
 def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """Read a checkpoint without executing code: safetensors, or ``torch.load(weights_only=True)``."""
     if path.suffix == ".safetensors":
-        return load_file(str(path))
+        try:
+            return load_file(str(path))
+        except Exception as error:  # safetensors raises its own error type for a bad header or truncated data
+            raise TransferlabError(f"{path}: not a valid safetensors file ({str(error)[:200]})") from None
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:

@@ -6,7 +6,6 @@ fresh offline machine has working pretrained backbones. Downloading from the hub
 
 from __future__ import annotations
 
-import hashlib
 import importlib.resources
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +13,7 @@ from pathlib import Path
 import timm
 
 from transferlab.errors import TransferlabError
+from transferlab.fileio import sha256_file
 
 DEFAULT_BACKBONE = "tf_efficientnet_lite0"
 
@@ -36,11 +36,8 @@ class WeightsSource:
 
 
 def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    """SHA-256 of a weights file: part of the feature-cache key, so other weights never reuse features."""
+    return sha256_file(path)
 
 
 def packaged_weights(name: str) -> Path | None:

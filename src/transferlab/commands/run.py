@@ -1,21 +1,36 @@
-"""``transferlab run`` and ``transferlab probe``: features → probe → run record and report."""
+"""``transferlab run`` (rank → probe → head search → fine-tune → report) and ``transferlab probe`` (probe only)."""
 
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
+from transferlab.commands.finetune import add_finetune_options, finetune_options
 from transferlab.commands.options import add_run_options, run_kwargs
+from transferlab.errors import TransferlabError
 
 
 def register(commands: argparse._SubParsersAction) -> None:
     run = commands.add_parser(
         "run",
-        help="the whole pipeline on DATA: features → probe → record and report",
-        description="Extract (or reuse cached) features of a pretrained backbone, fit a cross-validated linear probe, "
-        "score it on a held-out test split and write runs/<name>/ with config, split, metrics, timings and "
-        "report.html.",
+        help="the whole pipeline on DATA: [rank] → probe → [head search] → [fine-tune] → record and report",
+        description="Extract (or reuse cached) features of a pretrained backbone, fit a cross-validated linear probe "
+        "and score it on a held-out test split. Optionally rank several backbones first (--backbones), search heads "
+        "on the cached features (--trials) and fine-tune (--finetune). Writes runs/<name>/ with config, split, "
+        "metrics, timings, every stage's record, advice and report.html.",
     )
     add_run_options(run)
+    stages = run.add_argument_group("optional stages")
+    stages.add_argument(
+        "--backbones",
+        help="rank these comma-separated backbones (LogME, k-NN, CV probe at every cut point) first and continue "
+        "with the chosen backbone and cut point",
+    )
+    stages.add_argument("--trials", type=int, default=0, help="head-search trials on cached features (default 0: off)")
+    stages.add_argument("--timeout", type=float, help="stop starting new search trials after this many seconds")
+    stages.add_argument("--fractions", help="learning curve of the best head over data fractions, e.g. 0.25,0.5,1")
+    stages.add_argument("--finetune", action="store_true", help="fine-tune as the last stage (options below)")
+    add_finetune_options(run)
     run.set_defaults(handler=handle)
     probe = commands.add_parser(
         "probe",
@@ -26,13 +41,32 @@ def register(commands: argparse._SubParsersAction) -> None:
     probe.set_defaults(handler=handle)
 
 
+def stage_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """The optional-stage options of ``run`` as :func:`transferlab.run` keywords (nothing for ``probe``)."""
+    if not hasattr(args, "trials"):
+        return {}
+    from transferlab.search import parse_fractions
+
+    if args.finetune and (args.resume or args.search_depth):
+        raise TransferlabError("--resume and --search-depth belong to 'transferlab finetune', not 'run --finetune'")
+    return {
+        "backbones": args.backbones.split(",") if args.backbones else None,
+        "trials": args.trials,
+        "search_timeout": args.timeout,
+        "fractions": parse_fractions(args.fractions) if args.fractions else None,
+        "finetune": finetune_options(args).result_affecting() if args.finetune else None,
+    }
+
+
 def handle(args: argparse.Namespace) -> None:
+    from transferlab.advice import advise, format_advice
     from transferlab.pipeline import run
 
-    result = run(args.data, **run_kwargs(args))
+    result = run(args.data, **run_kwargs(args), **stage_kwargs(args))
     extraction = result.extraction
     speed = f", {extraction['images_per_second']:.1f} img/s" if extraction["images_per_second"] else ""
     print(f"features: {extraction['computed']} computed, {extraction['cached']} from cache{speed}")
     print(result.summary())
+    print(format_advice(advise(result.run_dir)))
     print(f"run directory: {result.run_dir}")
     print(f"report: {result.report_path}")

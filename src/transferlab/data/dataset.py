@@ -118,7 +118,7 @@ def _from_folders(root: Path) -> ImageDataset:
         if not images:
             problems.append(Problem(class_dir.name + "/", "class folder has no images; class dropped"))
             continue
-        classes.append(class_dir.name)
+        classes.append(printable(class_dir.name))  # a label, shown in JSON, HTML and plots: must be valid text
         paths.extend(f.relative_to(root).as_posix() for f in images)
         labels.extend([len(classes) - 1] * len(images))
     return ImageDataset(root, paths, np.asarray(labels, dtype=np.int64), classes, problems)
@@ -194,10 +194,10 @@ def _from_csv(csv_path: Path, root: Path, label_sep: str | None) -> ImageDataset
             problems.append(Problem(f"{where} ({cell})", names))
             continue
         seen.add(relative)
-        entries.append((relative, names))
+        entries.append((relative, [printable(name) for name in names]))
 
     if mode == "onehot":
-        classes = [rows[0][i].strip() for i in label_cols]
+        classes = [printable(rows[0][i].strip()) for i in label_cols]
     else:
         classes = sorted({name for _, names in entries for name in names})
     index = {name: i for i, name in enumerate(classes)}

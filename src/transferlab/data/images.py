@@ -83,5 +83,9 @@ def load_image(path: str | Path) -> Image.Image:
         raise ImageLoadError(path, reason) from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
         raise ImageLoadError(path, f"too large, refused as a possible decompression bomb ({error})") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as error:
+    except OSError as error:
+        if error.errno is not None:  # the file system refused (symlink loop, I/O error...); Pillow's own have none
+            raise ImageLoadError(path, f"unreadable ({error.strerror})") from None
+        raise ImageLoadError(path, f"corrupt or truncated ({error})") from None
+    except (SyntaxError, ValueError, EOFError) as error:
         raise ImageLoadError(path, f"corrupt or truncated ({error})") from None

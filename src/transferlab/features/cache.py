@@ -9,9 +9,11 @@ simply extracted again. Features are streamed to shards as they are computed, so
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import time
 import uuid
 import zipfile
 from pathlib import Path
@@ -19,9 +21,11 @@ from typing import Any
 
 import numpy as np
 
-from transferlab.fileio import atomic_write_text
+from transferlab.errors import DISK_FULL, TransferlabError
+from transferlab.fileio import atomic_write_text, sha256_file
 
 HASHES = "__hashes__"
+STALE_TEMPORARY_SECONDS = 24 * 3600
 
 
 def default_cache_dir() -> Path:
@@ -31,17 +35,15 @@ def default_cache_dir() -> Path:
 
 def content_hash(path: Path) -> str:
     """SHA-256 of a file's bytes: the same picture under another name or folder reuses its features."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return sha256_file(path)
 
 
 class FeatureCache:
     """Feature shards of one backbone identity; lookups by content hash."""
 
-    def __init__(self, root: Path, identity: dict[str, Any]) -> None:
+    def __init__(self, root: Path, identity: dict[str, Any], dtype: type = np.float32) -> None:
+        """``dtype`` of stored arrays: float32 for pooled vectors, float16 for spatial maps (half the disk)."""
+        self.dtype = dtype
         self.key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:20]
         self.directory = Path(root) / "features" / self.key
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -50,13 +52,25 @@ class FeatureCache:
             atomic_write_text(meta, json.dumps(identity, indent=2, sort_keys=True))
         self.unreadable: list[Path] = []
         self._index: dict[str, tuple[Path, int]] = {}
+        self._seen: set[Path] = set()
+        self._remove_stale_temporaries()
         self.refresh()
+
+    def _remove_stale_temporaries(self) -> None:
+        """Delete temporary shards a killed writer left behind, once a day old (a live writer finishes in minutes;
+        its PID cannot be checked when several machines share the cache)."""
+        cutoff = time.time() - STALE_TEMPORARY_SECONDS
+        for temporary in self.directory.glob(".shard-*.tmp"):
+            with contextlib.suppress(OSError):  # another process may be removing it at the same moment
+                if temporary.stat().st_mtime < cutoff:
+                    temporary.unlink()
 
     def refresh(self) -> None:
         """Re-read shard contents (another process may have added shards)."""
         for shard in sorted(self.directory.glob("shard-*.npz")):
-            if any(entry[0] == shard for entry in self._index.values()):
+            if shard in self._seen:  # a set, not a scan of the index: refresh stays linear with millions of images
                 continue
+            self._seen.add(shard)
             try:
                 with np.load(shard, allow_pickle=False) as data:
                     hashes = data[HASHES]
@@ -77,13 +91,20 @@ class FeatureCache:
         final = self.directory / f"shard-{uuid.uuid4().hex}.npz"
         temporary = final.with_name(f".{final.name}.{os.getpid()}.tmp")
         arrays = {HASHES: np.asarray(digests, dtype="S64")}
-        arrays.update({name: np.ascontiguousarray(value, dtype=np.float32) for name, value in features.items()})
+        arrays.update({name: np.ascontiguousarray(value, dtype=self.dtype) for name, value in features.items()})
         try:
             with open(temporary, "wb") as handle:
                 np.savez(handle, **arrays)
                 handle.flush()
                 os.fsync(handle.fileno())
             os.replace(temporary, final)
+        except OSError as error:
+            if error.errno not in DISK_FULL:
+                raise
+            raise TransferlabError(
+                f"cannot write the feature cache in {self.directory} ({error.strerror}); free disk space or pass "
+                "--cache-dir elsewhere. Shards already written are kept and reused by the next run."
+            ) from None
         finally:
             temporary.unlink(missing_ok=True)
         for row, digest in enumerate(digests):
@@ -104,6 +125,6 @@ class FeatureCache:
                 for name in names:
                     block = data[name][rows]
                     if name not in out:
-                        out[name] = np.empty((len(digests), block.shape[1]), dtype=np.float32)
+                        out[name] = np.empty((len(digests), *block.shape[1:]), dtype=block.dtype)
                     out[name][positions] = block
         return out

@@ -1,63 +1,231 @@
-"""A self-contained ``report.html``: metrics table, confusion matrix and per-class scores, pictures inlined.
+"""A self-contained ``report.html`` built only from the files in the run directory.
 
-Jinja2 autoescaping is on, so class and file names from the user's data cannot inject HTML.
+Every section reads the run-directory files it needs and is left out when they are missing, so the report works for
+a probe-only run and grows as ranking, head search, data fractions and fine-tuning add their files. Pictures are
+inlined as data URIs (the file opens from disk with no network); Jinja2 autoescaping keeps class and file names from
+the user's data from injecting HTML.
 """
 
 from __future__ import annotations
 
 import base64
-import io
+from dataclasses import asdict
 from pathlib import Path
+from statistics import mean
 from typing import Any
 
 import numpy as np
 from jinja2 import Environment, PackageLoader, select_autoescape
 
-from transferlab.fileio import atomic_write_bytes, atomic_write_text
+from transferlab.advice import Advice, advise
+from transferlab.fileio import atomic_write_text
+from transferlab.record import plots
+from transferlab.record.predictions import PROBABILITY_PREFIX
+from transferlab.record.runfiles import LABEL_SEP, RunFiles, load_run
+
+WORST_ERRORS = 12
 
 
-def _png(figure: Any) -> bytes:
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
-    return buffer.getvalue()
+def data_uri(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
-def confusion_matrix_png(matrix: list[list[int]], classes: list[str]) -> bytes:
-    """Row-normalized confusion matrix with counts, readable for up to a few dozen classes."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-
-    counts = np.asarray(matrix)
-    rates = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
-    size = max(4.0, 0.45 * len(classes) + 2)
-    figure, axes = plt.subplots(figsize=(size + 1, size))
-    image = axes.imshow(rates, cmap="Blues", vmin=0, vmax=1)
-    axes.set_xticks(range(len(classes)), classes, rotation=60, ha="right")
-    axes.set_yticks(range(len(classes)), classes)
-    axes.set_xlabel("predicted")
-    axes.set_ylabel("true")
-    if len(classes) <= 30:
-        for (row, col), count in np.ndenumerate(counts):
-            if count:
-                colour = "white" if rates[row, col] > 0.5 else "black"
-                axes.text(col, row, str(count), ha="center", va="center", fontsize=7, color=colour)
-    figure.colorbar(image, ax=axes, fraction=0.046, label="fraction of true class")
-    png = _png(figure)
-    plt.close(figure)
-    return png
+def _metric_keys(run: RunFiles) -> list[str]:
+    if run.multilabel:
+        return ["mAP", "macro_auc", "macro_f1", "micro_f1"]
+    return ["accuracy", "balanced_accuracy", "macro_f1"]
 
 
-def write_report(run_path: Path, context: dict[str, Any]) -> Path:
-    """Render ``report.html`` (and save the pictures beside it) from the run's record."""
-    pictures = {}
-    test = context["metrics"].get("test", {})
-    if "confusion_matrix" in test:
-        png = confusion_matrix_png(test["confusion_matrix"], context["classes"])
-        atomic_write_bytes(run_path / "confusion_matrix.png", png)
-        pictures["confusion_matrix"] = base64.b64encode(png).decode("ascii")
+def _results(run: RunFiles) -> list[dict[str, Any]]:
+    """One table row per (model, split): the probe on every split, later stages on test."""
+    rows = [{"model": "linear probe", "split": split, **values} for split, values in run.metrics.items()]
+    for model, payload in (("best searched head", run.search), ("fine-tuned", run.finetune)):
+        for split in ("val", "test"):
+            if (payload or {}).get(f"{split}_metrics"):
+                rows.append({"model": model, "split": split, **payload[f"{split}_metrics"]})
+    return rows
+
+
+def _curves(run: RunFiles) -> list[dict[str, Any]]:
+    curves = []
+    search = run.search or {}
+    best = search.get("best") or {}
+    for trial in search.get("trials") or []:
+        if trial.get("number") == best.get("number") and trial.get("curve"):
+            png = plots.learning_curves_png(trial["curve"])
+            curves.append({"title": f"Best search trial #{trial['number']}", "picture": data_uri(png), "notes": []})
+    for stage in (run.finetune or {}).get("stages") or []:
+        if not stage.get("history"):
+            continue
+        png = plots.learning_curves_png(stage["history"], stage.get("best_epoch"), stage.get("restarts") or ())
+        notes = [
+            f"trainable: {', '.join(stage.get('trainable_blocks') or []) or 'head only'}",
+            f"BN: {stage.get('bn_policy')}",
+            f"lr head {stage.get('lr_head')}, backbone {stage.get('lr_backbone')}",
+            f"best epoch {stage.get('best_epoch')}, stopped: {stage.get('stop_reason')}",
+        ]
+        notes += [
+            f"restart at epoch {r.get('epoch')}: lr {r.get('old_lr')} → {r.get('new_lr')} ({r.get('reason')})"
+            for r in stage.get("restarts") or []
+        ]
+        curves.append({"title": f"Fine-tuning stage '{stage.get('name')}'", "picture": data_uri(png), "notes": notes})
+    return curves
+
+
+def _labels(cell: str) -> frozenset[str]:
+    return frozenset(label for label in cell.split(LABEL_SEP) if label)
+
+
+def _worst_errors(run: RunFiles) -> list[dict[str, Any]]:
+    """Validation images the final model got wrong, most confident mistakes first, with thumbnails."""
+    wrong = [
+        row
+        for row in run.predictions
+        if row.get("split") == "val" and _labels(row.get("true", "")) != _labels(row.get("predicted", ""))
+    ]
+    wrong.sort(key=lambda row: float(row.get("confidence") or 0), reverse=True)
+    errors = []
+    for row in wrong[:WORST_ERRORS]:
+        path = run.image_path(row["path"])
+        png = plots.thumbnail_png(path) if path else None
+        errors.append({**row, "picture": data_uri(png) if png else None})
+    return errors
+
+
+def _roc_pr(run: RunFiles) -> str | None:
+    """ROC/PR curves for multi-label runs whose predictions.csv carries per-label probabilities (``p:<label>``)."""
+    classes = run.classes
+    rows = [row for row in run.predictions if row.get("split") == "test"]
+    if not run.multilabel or not rows or any(PROBABILITY_PREFIX + name not in rows[0] for name in classes):
+        return None
+    y_true = np.array([[name in _labels(row["true"]) for name in classes] for row in rows], dtype=np.uint8)
+    scores = np.array([[float(row[PROBABILITY_PREFIX + name]) for name in classes] for row in rows])
+    return data_uri(plots.roc_pr_png(y_true, scores, classes))
+
+
+def _trials(run: RunFiles) -> dict[str, Any] | None:
+    search = run.search
+    if not search or not search.get("trials"):
+        return None
+    names = sorted({name for trial in search["trials"] for name in (trial.get("params") or {})})
+    importance = search.get("importance") or {}
+    return {
+        "study": search.get("study_name"),
+        "direction": search.get("direction"),
+        "metric": search.get("metric"),
+        "best": search.get("best") or {},
+        "param_names": names,
+        "rows": search["trials"],
+        "importance": data_uri(plots.importance_png(importance)) if importance else None,
+    }
+
+
+def _file_mb(path: Path | str | None) -> float | None:
+    return Path(path).stat().st_size / 1e6 if path and Path(path).is_file() else None
+
+
+def _seconds_per_epoch(run: RunFiles) -> float | None:
+    epochs = [row["seconds"] for s in (run.finetune or {}).get("stages") or [] for row in s.get("history") or []]
+    epochs = [seconds for seconds in epochs if seconds is not None]
+    if epochs:
+        return mean(epochs)
+    trials = [t for t in (run.search or {}).get("trials") or [] if t.get("curve") and t.get("seconds")]
+    return mean(t["seconds"] / len(t["curve"]) for t in trials) if trials else None
+
+
+def _ranking_row(run: RunFiles) -> dict[str, Any]:
+    """The ranking row of the backbone and cut point this run used (for its GFLOPs), if ranking ran."""
+    backbone = run.record.get("backbone", {}).get("name") or run.config.get("backbone")
+    cut = run.config.get("cut_point")
+    for row in (run.ranking or {}).get("rows") or []:
+        if row.get("backbone") == backbone and row.get("cut_point") == cut:
+            return row
+    return {}
+
+
+def _cost(run: RunFiles) -> list[tuple[str, str]]:
+    """(label, value) rows; rows whose number is unknown are left out."""
+    backbone = run.record.get("backbone") or {}
+    best = (run.search or {}).get("best") or {}
+    extraction = run.timings.get("extraction") or {}
+    candidates: list[tuple[str, Any, str]] = [
+        ("backbone parameters", backbone.get("params"), "{:,}"),
+        ("best head parameters", best.get("head_params"), "{:,}"),
+        ("backbone weights on disk", _file_mb(backbone.get("weights_path")), "{:.1f} MB"),
+        ("probe on disk", _file_mb(run.path / "probe.safetensors"), "{:.2f} MB"),
+        ("best head on disk", best.get("head_mb"), "{:.2f} MB"),
+        ("fine-tuned model on disk", _file_mb(run.path / "finetuned.safetensors"), "{:.1f} MB"),
+        ("GFLOPs per image", _ranking_row(run).get("gflops"), "{:.3f}"),
+        ("feature extraction", extraction.get("images_per_second"), "{:.1f} images/s"),
+        ("seconds per epoch", _seconds_per_epoch(run), "{:.2f} s"),
+        ("probe fit", run.timings.get("probe_fit_seconds"), "{:.1f} s"),
+        ("total run time", run.timings.get("total_seconds"), "{:.1f} s"),
+        ("peak memory (RSS)", run.process.get("peak_memory_mb"), "{:.0f} MB"),
+    ]
+    return [(label, template.format(value)) for label, value, template in candidates if value is not None]
+
+
+def _probe_c(run: RunFiles) -> str | None:
+    c = (run.record.get("probe") or {}).get("C")
+    if isinstance(c, list):
+        return f"{np.median(c):.3g} (median over labels)"
+    return None if c is None else f"{c:.3g}"
+
+
+def report_context(run: RunFiles, advice: list[Advice]) -> dict[str, Any]:
+    """Everything the template shows; ``None`` or empty values make their section disappear."""
+    stage, final = run.final_metrics()
+    test = final.get("test") or {}
+    augmentation = run.path / "augmentation_preview.png"
+    backbone = run.record.get("backbone") or {}
+    return {
+        "name": run.name,
+        "config": run.config,
+        "date": run.finished.strftime("%Y-%m-%d %H:%M UTC"),
+        "command": " ".join(run.process.get("command") or run.environment.get("command") or []),
+        "backbone": backbone.get("name") or run.config.get("backbone"),
+        "weights_origin": backbone.get("weights_origin"),
+        "task": run.record.get("task"),
+        "classes": run.classes,
+        "split_counts": run.record.get("split_counts") or {},
+        "split_digest": run.record.get("split_digest"),
+        "advice": [asdict(item) for item in advice],
+        "metric_keys": _metric_keys(run),
+        "results": _results(run),
+        "probe_c": _probe_c(run),
+        "final_stage": stage,
+        "confusion": data_uri(plots.confusion_matrix_png(test["confusion_matrix"], run.classes))
+        if test.get("confusion_matrix")
+        else None,
+        "per_class": test.get("per_class") or [],
+        "per_class_picture": data_uri(plots.per_class_png(test["per_class"])) if test.get("per_class") else None,
+        "roc_pr": _roc_pr(run),
+        "curves": _curves(run),
+        "worst": _worst_errors(run),
+        "augmentation": data_uri(augmentation.read_bytes()) if augmentation.is_file() else None,
+        "ranking": run.ranking if run.ranking and run.ranking.get("rows") else None,
+        "trials": _trials(run),
+        "fractions": run.fractions if run.fractions and run.fractions.get("rows") else None,
+        "fraction_curve": data_uri(plots.fraction_curve_png(run.fractions["rows"], run.fractions.get("metric", "")))
+        if run.fractions and run.fractions.get("rows")
+        else None,
+        "cost": _cost(run),
+        "problems": run.problems,
+    }
+
+
+def render_report(context: dict[str, Any]) -> str:
     environment = Environment(loader=PackageLoader("transferlab", "record/templates"), autoescape=select_autoescape())
-    html = environment.get_template("report.html").render(pictures=pictures, **context)
-    atomic_write_text(run_path / "report.html", html)
+    return environment.get_template("report.html").render(**context)
+
+
+def write_report(run_path: Path) -> Path:
+    """Compute the advice (``advice.json``) and render ``report.html`` from the files in ``run_path``.
+
+    Every stage writes its own files; the report reads whatever is there, so re-rendering after a later stage
+    (search, fine-tuning, ranking) needs nothing but the directory.
+    """
+    run_path = Path(run_path)
+    advice = advise(run_path)
+    atomic_write_text(run_path / "report.html", render_report(report_context(load_run(run_path), advice)))
     return run_path / "report.html"

@@ -36,6 +36,23 @@ def environment() -> dict[str, Any]:
     }
 
 
+def process_facts() -> dict[str, Any]:
+    """Facts about this process for ``process.json``: the exact command line and the peak resident memory so far.
+
+    Call it last (after training), since the peak only grows; ``ru_maxrss`` is KiB on Linux and bytes on macOS.
+    """
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak_bytes = peak if sys.platform == "darwin" else peak * 1024
+    return {
+        "command": list(sys.argv),
+        "cwd": str(Path.cwd()),
+        "peak_memory_mb": round(peak_bytes / 1e6, 1),
+        "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
 def default_run_name(data: Path) -> str:
     return f"{data.stem or 'data'}-{datetime.now(timezone.utc).strftime('%Y%m%d-%H%M%S')}"
 

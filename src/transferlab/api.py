@@ -1,0 +1,161 @@
+"""``transferlab.ImageClassifier``: the whole toolkit behind the three calls people expect (fit, predict, score).
+
+It is a thin shell over :func:`transferlab.run` and the run directory it writes, so a model fitted here is an
+ordinary run: it has a report, can be compared, exported and reloaded with :meth:`ImageClassifier.load`.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from transferlab.backbones import DEFAULT_BACKBONE
+from transferlab.backbones.model import HEAD
+from transferlab.data import load_dataset
+from transferlab.errors import TransferlabError
+from transferlab.predict import Predictions, Predictor, collect_inputs, load_predictor, predict_paths
+from transferlab.probe.metrics import classification_metrics, headline
+
+Paths = str | Path | Sequence[str | Path]
+
+
+class ImageClassifier:
+    """Pretrained backbone + the run's final head, fitted on a folder-per-class tree or a CSV.
+
+    >>> clf = ImageClassifier(backbone="tf_efficientnet_lite0", seed=0).fit("photos/")   # doctest: +SKIP
+    >>> clf.predict(["new/cat.jpg"]), clf.score("holdout/")                                # doctest: +SKIP
+
+    Keyword ``options`` are any other :class:`transferlab.RunConfig` fields (``image_size``, ``subset``,
+    ``weights``, ``val_fraction``...) and are passed to :func:`transferlab.run` unchanged.
+    """
+
+    def __init__(
+        self,
+        backbone: str = DEFAULT_BACKBONE,
+        cut_point: str = HEAD,
+        seed: int = 0,
+        *,
+        runs_dir: str | Path = "runs",
+        name: str | None = None,
+        cache_dir: str | Path | None = None,
+        progress: bool = False,
+        **options: Any,
+    ) -> None:
+        self.backbone = backbone
+        self.cut_point = cut_point
+        self.seed = seed
+        self.runs_dir = runs_dir
+        self.name = name
+        self.cache_dir = cache_dir
+        self.progress = progress
+        self.options = options
+        self.run_dir_: Path | None = None
+        self._predictor: Predictor | None = None
+
+    def __repr__(self) -> str:
+        state = f"run_dir={str(self.run_dir_)!r}" if self.run_dir_ else "not fitted"
+        return f"ImageClassifier(backbone={self.backbone!r}, cut_point={self.cut_point!r}, seed={self.seed}, {state})"
+
+    def fit(self, data: str | Path) -> ImageClassifier:
+        """Run the pipeline on ``data`` (writes ``runs_dir/<name>/``) and keep its final model."""
+        from transferlab.pipeline import run
+
+        result = run(
+            data,
+            runs_dir=self.runs_dir,
+            name=self.name,
+            cache_dir=self.cache_dir,
+            progress=self.progress,
+            echo=lambda line: warnings.warn(line, stacklevel=3),
+            backbone=self.backbone,
+            cut_point=self.cut_point,
+            seed=self.seed,
+            **self.options,
+        )
+        self.run_dir_ = result.run_dir
+        self._predictor = load_predictor(result.run_dir)
+        return self
+
+    @classmethod
+    def load(cls, run_dir: str | Path) -> ImageClassifier:
+        """The classifier of an existing run directory (from ``fit`` or ``transferlab run``)."""
+        from transferlab.fileio import read_json
+
+        path = Path(run_dir)
+        if not (path / "config.json").is_file():
+            raise TransferlabError(f"{path}: not a run directory (no config.json)")
+        config = read_json(path / "config.json")
+        clf = cls(config["backbone"], config["cut_point"], config["seed"], runs_dir=path.parent, name=path.name)
+        clf.run_dir_ = path
+        clf._predictor = load_predictor(path)
+        return clf
+
+    @property
+    def classes_(self) -> list[str]:
+        return self._fitted().classes
+
+    @property
+    def multilabel_(self) -> bool:
+        return self._fitted().multilabel
+
+    def _fitted(self) -> Predictor:
+        if self._predictor is None:
+            raise TransferlabError(
+                "this ImageClassifier is not fitted yet: call fit(data) or ImageClassifier.load(run)"
+            )
+        return self._predictor
+
+    def _predict(self, paths: Paths) -> Predictions:
+        """Scores in input order; folders expand to their images in sorted order, CSVs to their path column."""
+        predictor = self._fitted()
+        items = [paths] if isinstance(paths, str | Path) else list(paths)
+        files, missing = collect_inputs(items)
+        predictions = predict_paths(predictor, files)
+        bad = [*missing, *predictions.skipped]
+        if bad:
+            listed = "; ".join(f"{p.where}: {p.reason}" for p in bad[:5])
+            raise TransferlabError(f"{len(bad)} image(s) cannot be used: {listed}")
+        return predictions
+
+    def predict_proba(self, paths: Paths) -> np.ndarray:
+        """(images, classes) probabilities: softmax over classes, or one sigmoid per label (multi-label)."""
+        return self._predict(paths).scores
+
+    def predict(self, paths: Paths) -> list[str] | list[list[str]]:
+        """The predicted class per image, or for multi-label the labels over their tuned thresholds."""
+        predictor = self._fitted()
+        predictions = self._predict(paths)
+        if not predictor.multilabel:
+            return predictions.labels
+        chosen = predictor.over_threshold(predictions.scores)
+        return [[predictor.classes[i] for i in np.flatnonzero(row)] for row in chosen]
+
+    def score(self, data: str | Path, *, label_sep: str | None = None) -> float:
+        """Accuracy (single-label) or mAP (multi-label) on labelled data laid out like the training data.
+
+        Unreadable images are left out (with a warning), as ``fit`` leaves them out.
+        """
+        predictor = self._fitted()
+        dataset = load_dataset(data, label_sep=label_sep)
+        unknown = sorted(set(dataset.classes) - set(predictor.classes))
+        if unknown:
+            raise TransferlabError(f"{data}: classes the model does not know: {', '.join(unknown)}")
+        if dataset.multilabel != predictor.multilabel:
+            raise TransferlabError(f"{data}: the model is {'multi' if predictor.multilabel else 'single'}-label")
+        predictions = predict_paths(predictor, [dataset.absolute(i) for i in range(len(dataset))])
+        for problem in [*dataset.problems, *predictions.skipped]:
+            warnings.warn(str(problem), stacklevel=2)
+        kept = {path: index for index, path in enumerate(map(dataset.absolute, range(len(dataset))))}
+        rows = [kept[path] for path in predictions.paths]
+        columns = [predictor.classes.index(name) for name in dataset.classes]
+        if dataset.multilabel:
+            y_true = np.zeros((len(rows), len(predictor.classes)), dtype=dataset.y.dtype)
+            y_true[:, columns] = dataset.y[rows]
+        else:
+            y_true = np.asarray(columns)[dataset.y[rows]]
+        metrics = classification_metrics(y_true, predictions.scores, predictor.classes, predictor.thresholds)
+        return float(headline(metrics)[1])

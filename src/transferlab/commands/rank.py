@@ -1,0 +1,44 @@
+"""``transferlab rank``: score backbones and cut points without fine-tuning, print the table and the choice."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import asdict
+from pathlib import Path
+
+from transferlab.commands.options import RUN_OPTION_NAMES, add_run_options
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "rank",
+        help="rank backbones and cut points by LogME, k-NN and CV probe scores",
+        description="Extract (or reuse cached) features of every backbone at every cut point, score each with LogME, "
+        "cross-validated k-NN and a cross-validated quick probe on train+val, and choose one (backbone, cut point) "
+        "with the reason. Backbones without local weights are listed as unavailable. Writes ranking.json into "
+        "runs/<name>/. --weights applies to the --backbone model only.",
+    )
+    add_run_options(parser)
+    parser.add_argument(
+        "--backbones",
+        required=True,
+        help="comma-separated timm model names, e.g. tf_efficientnet_lite0,tf_efficientnet_lite1",
+    )
+    parser.set_defaults(handler=handle)
+
+
+def handle(args: argparse.Namespace) -> None:
+    from transferlab.pipeline import RunConfig
+    from transferlab.rank.ranking import rank, write_ranking
+    from transferlab.record import RunDir, environment
+    from transferlab.record.rundir import default_run_name
+
+    config = RunConfig(data=args.data, **{name: getattr(args, name) for name in RUN_OPTION_NAMES})
+    backbones = args.backbones.split(",")
+    ranking = rank(config, backbones, cache_dir=args.cache_dir, progress=not args.no_progress)
+    run_dir = RunDir(Path(args.runs_dir), args.name or default_run_name(Path(config.data)))
+    run_dir.write_json("config.json", {**asdict(config), "backbones": backbones})
+    run_dir.write_json("environment.json", environment())
+    path = write_ranking(run_dir, ranking)
+    print(ranking.table())
+    print(f"ranking: {path}")

@@ -1,0 +1,76 @@
+"""``transferlab search`` (Optuna head search on cached features) and ``transferlab worker`` (join a study)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from transferlab.commands.options import RUN_OPTION_NAMES, add_run_options
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    search = commands.add_parser(
+        "search",
+        help="search head architectures and training settings on cached features (Optuna)",
+        description="Run an Optuna study over head specs (pooling, dense widths, dropout, BatchNorm), learning rate, "
+        "weight decay, batch size and epochs, with early stopping and a median pruner. Every trial trains on cached "
+        "features, so the backbone runs once. Rerunning the same command resumes the study. Writes search.json "
+        "(and fractions.json with --fractions) to the run directory.",
+    )
+    add_run_options(search)
+    search.add_argument("--trials", type=int, default=30, help="total trials in the study (default 30)")
+    search.add_argument("--timeout", type=float, help="stop starting new trials after this many seconds")
+    search.add_argument("--storage", help="Optuna storage URL (default sqlite:///<run dir>/study.db)")
+    search.add_argument("--study", help="study name (default heads-<backbone>-<cut point>-seed<seed>)")
+    search.add_argument("--maps", action="store_true", help="also search heads on spatial maps (max, conv1x1 ...)")
+    search.add_argument("--fractions", help="learning curve of the best head, e.g. 0.125,0.25,0.5,1")
+    search.set_defaults(handler=handle_search)
+    worker = commands.add_parser(
+        "worker",
+        help="join an existing search study and run its queued trials",
+        description="Connect to a study created by 'transferlab search' (e.g. on PostgreSQL), rebuild its data from "
+        "the feature cache recorded in the study and run queued trials until none are left.",
+    )
+    worker.add_argument("--study", required=True, help="study name")
+    worker.add_argument("--storage", required=True, help="Optuna storage URL, e.g. postgresql://user@host/db")
+    worker.set_defaults(handler=handle_worker)
+
+
+def handle_search(args: argparse.Namespace) -> None:
+    from transferlab.fileio import write_json
+    from transferlab.pipeline import RunConfig, prepare
+    from transferlab.search import fraction_curve, parse_fractions, search_heads
+
+    fractions = parse_fractions(args.fractions) if args.fractions else None
+    config = RunConfig(data=args.data, **{name: getattr(args, name) for name in RUN_OPTION_NAMES})
+    prepared = prepare(config, cache_dir=args.cache_dir, progress=not args.no_progress)
+    # A stable default name: rerunning the same command finds the same study.db and resumes it.
+    name = args.name or f"{Path(args.data).stem or 'data'}-search-{config.backbone}-{config.cut_point}"
+    run_dir = Path(args.runs_dir) / name
+    outcome = search_heads(
+        prepared,
+        run_dir,
+        trials=args.trials,
+        timeout=args.timeout,
+        storage=args.storage,
+        study_name=args.study,
+        seed=config.seed,
+        maps=args.maps,
+    )
+    print(outcome.summary())
+    if fractions:
+        curve = fraction_curve(prepared, outcome.best_params, fractions, config.seed)
+        write_json(run_dir / "fractions.json", curve)
+        for row in curve["rows"]:
+            print(
+                f"fraction {row['fraction']:<6g} n_train {row['n_train']:>5}  "
+                f"train {row['train_metric']:.4f}  val {row['val_metric']:.4f}"
+            )
+    print(f"run directory: {run_dir}")
+
+
+def handle_worker(args: argparse.Namespace) -> None:
+    from transferlab.search import run_worker
+
+    ran = run_worker(args.study, args.storage)
+    print(f"worker finished: ran {ran} trial(s) of study '{args.study}'")

@@ -1,0 +1,93 @@
+"""Training checkpoints as one safetensors file: tensors for weights and optimizer moments, JSON for the rest.
+
+No pickle anywhere (a checkpoint from someone else cannot run code when loaded): the optimizer's per-parameter
+state becomes tensors named ``optimizer.<param index>.<key>``, its hyper-parameters, the LR scheduler's state and
+the progress record go into the safetensors metadata as JSON, and the RNG states are tensors + JSON. Restoring all
+of them is what makes ``--resume`` reproduce an uninterrupted seeded run exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from safetensors.torch import save
+
+from transferlab.errors import TransferlabError
+from transferlab.fileio import atomic_write_bytes
+
+
+def optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """(per-parameter state tensors, JSON-able param groups + scalar state) of ``optimizer``."""
+    state = optimizer.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for index, values in state["state"].items():
+        for key, value in values.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"optimizer.{index}.{key}"] = value
+            else:
+                scalars.setdefault(str(index), {})[key] = value
+    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
+
+
+def load_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    state: dict[int, dict[str, Any]] = {}
+    for name, value in tensors.items():
+        if name.startswith("optimizer."):
+            _, index, key = name.split(".", 2)
+            state.setdefault(int(index), {})[key] = value
+    for index, values in meta["scalars"].items():
+        state.setdefault(int(index), {}).update(values)
+    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+def rng_state() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """torch, numpy and Python RNG states (augmentation, shuffling and dropout draw from them)."""
+    kind, keys, position, has_gauss, cached = np.random.get_state()
+    version, python_state, gauss = random.getstate()
+    tensors = {"rng.torch": torch.get_rng_state(), "rng.numpy": torch.from_numpy(np.asarray(keys, dtype=np.int64))}
+    meta = {
+        "numpy": [kind, int(position), int(has_gauss), float(cached)],
+        "python": [version, list(python_state), gauss],
+    }
+    return tensors, meta
+
+
+def set_rng_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    torch.set_rng_state(tensors["rng.torch"])
+    kind, position, has_gauss, cached = meta["numpy"]
+    np.random.set_state((kind, tensors["rng.numpy"].numpy().astype(np.uint32), position, has_gauss, cached))
+    version, python_state, gauss = meta["python"]
+    random.setstate((version, tuple(python_state), gauss))
+
+
+def save_checkpoint(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    """Write tensors + JSON metadata atomically (a kill mid-write leaves the previous checkpoint intact)."""
+    contiguous = {name: tensor.detach().contiguous().clone() for name, tensor in tensors.items()}
+    atomic_write_bytes(path, save(contiguous, metadata={"transferlab": json.dumps(meta)}))
+
+
+def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    if not path.is_file():
+        raise TransferlabError(f"nothing to resume: no checkpoint at {path}")
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = handle.metadata() or {}
+        tensors = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118 (safe_open has no iter)
+    if "transferlab" not in metadata:
+        raise TransferlabError(f"{path} is not a transferlab fine-tuning checkpoint")
+    return tensors, json.loads(metadata["transferlab"])
+
+
+def prefixed(prefix: str, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {f"{prefix}.{name}": tensor for name, tensor in tensors.items()}
+
+
+def unprefixed(prefix: str, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    start = len(prefix) + 1
+    return {name[start:]: tensor for name, tensor in tensors.items() if name.startswith(prefix + ".")}

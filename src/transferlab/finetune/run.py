@@ -1,0 +1,310 @@
+"""``finetune()``: from prepared data to a fine-tuned model, its record and its saved weights.
+
+Stage plan: the head alone first (optionally warm-started from a linear probe: LP-FT), then the target units are
+unfrozen from the top in ``stages`` equal steps, each step a new stage with its own LR schedule and early stopping.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from safetensors.torch import save
+from timm.data import create_transform
+
+from transferlab.data.split import split_digest
+from transferlab.errors import TransferlabError
+from transferlab.fileio import atomic_write_bytes, write_json
+from transferlab.finetune.augment import save_preview, training_transform
+from transferlab.finetune.batchnorm import BN_STATS, set_trainable
+from transferlab.finetune.blocks import Unit, freeze_units, parse_unfreeze
+from transferlab.finetune.boundary import cached_boundary
+from transferlab.finetune.checkpoint import load_checkpoint
+from transferlab.finetune.data import LabelledImages, evaluation_loader, loss_function, training_loader
+from transferlab.finetune.distributed import Distributed, from_environment
+from transferlab.finetune.engine import StagePlan, Trainer, TrainSettings
+from transferlab.finetune.network import FinetuneNet, build_network, init_from_probe, is_linear_head, saved_state
+from transferlab.heads import HeadSpec
+from transferlab.probe import fit_probe
+from transferlab.probe.linear import ProbeResult
+from transferlab.probe.metrics import classification_metrics, headline, tune_thresholds
+
+if TYPE_CHECKING:
+    from transferlab.pipeline import PreparedData
+
+CHECKPOINT = "finetune_checkpoint.safetensors"
+PREVIEW_IMAGES = 4
+
+
+@dataclass
+class FinetuneOptions:
+    """Everything that changes a fine-tuning result (``resume`` and ``workers`` only change how it is computed)."""
+
+    unfreeze: str = "top:3"
+    stages: int = 1
+    epochs: int = 5
+    head_epochs: int = 3
+    lr: float = 1e-3
+    backbone_lr_ratio: float = 0.1
+    layer_decay: float | None = None
+    weight_decay: float = 0.01
+    warmup: float = 0.1
+    patience: int = 2
+    batch_size: int = 32
+    image_size: int | None = None
+    augment: str = "basic"
+    balance: str = "weights"
+    lp_init: bool = True
+    head_spec: HeadSpec | None = None
+    max_restarts: int = 3
+    bn_stats: str = "frozen"
+    cache_views: int = 0
+    seed: int = 0
+    workers: int = 0
+    resume: bool = False
+
+    def result_affecting(self) -> dict[str, Any]:
+        values = asdict(self)
+        values["head_spec"] = None if self.head_spec is None else self.head_spec.to_dict()
+        return {k: v for k, v in values.items() if k not in ("resume", "workers")}
+
+
+@dataclass
+class FinetuneOutcome:
+    """Stage records, val/test metrics and scores of the final model, and the model itself."""
+
+    run_dir: Path
+    stages: list[dict[str, Any]]
+    metric: str
+    metrics: dict[str, dict[str, Any]]
+    scores: dict[str, np.ndarray]
+    thresholds: list[float] | None
+    model: FinetuneNet
+    lp_init: bool
+    seconds: float
+    paths: dict[str, list[Path]] = field(default_factory=dict)
+
+    @property
+    def test_metrics(self) -> dict[str, Any]:
+        return self.metrics.get("test", {})
+
+
+def plan_stages(units: list[Unit], target: list[Unit], options: FinetuneOptions) -> list[StagePlan]:
+    """Head-only stage, then ``options.stages`` stages each adding the next whole units from the top."""
+    if options.bn_stats not in BN_STATS:
+        raise TransferlabError(f"unknown --bn-stats '{options.bn_stats}'; choose from {', '.join(BN_STATS)}")
+    if options.stages < 1 or options.epochs < 1 or options.head_epochs < 0:
+        raise TransferlabError("--stages and --epochs must be at least 1, --head-epochs at least 0")
+    plans = [StagePlan("head", [], options.head_epochs)] if options.head_epochs else []
+    steps = min(options.stages, len(target))
+    top_down = list(reversed(units))
+    for step in range(1, steps + 1):
+        trainable = target[: math.ceil(len(target) * step / steps)]
+        contiguous = trainable == top_down[: len(trainable)]
+        name = f"top:{len(trainable)}" if contiguous else "units:" + ",".join(u.name for u in trainable)
+        plans.append(StagePlan(name, trainable, options.epochs))
+    if not plans:
+        raise TransferlabError("nothing to train: --head-epochs 0 and --unfreeze none")
+    return plans
+
+
+def _fingerprint(prepared: PreparedData, options: FinetuneOptions) -> str:
+    identity = {
+        "options": options.result_affecting(),
+        "backbone": prepared.backbone.identity(),
+        "cut_point": prepared.config.cut_point,
+        "split": split_digest(prepared.dataset.paths, prepared.hashes, prepared.split),
+    }
+    return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _data_config(prepared: PreparedData, image_size: int | None) -> dict[str, Any]:
+    config = dict(prepared.backbone.data_config)
+    if image_size:
+        config["input_size"] = (3, image_size, image_size)
+    return config
+
+
+def finetune(
+    prepared: PreparedData,
+    run_dir: Path,
+    options: FinetuneOptions,
+    *,
+    echo: Callable[[str], None] = print,
+    on_epoch: Callable[[dict[str, Any], dict[str, Any]], None] | None = None,
+    probe: ProbeResult | None = None,
+    distributed: Distributed | None = None,
+) -> FinetuneOutcome:
+    """Fine-tune on ``prepared`` and write finetune.json, augmentation_preview.png, finetuned.safetensors/.json.
+
+    ``probe`` (fitted on ``prepared.features()``) is reused for the LP-FT warm start instead of fitting a new one.
+    ``on_epoch(stage_record, history_entry)`` is called after each epoch's checkpoint is on disk.
+    Under ``torchrun`` (or with ``distributed`` given) training is data-parallel and only rank 0 echoes and writes.
+    """
+    started = time.perf_counter()
+    distributed = distributed or from_environment()
+    if not distributed.is_main:
+        echo, on_epoch = (lambda _: None), None
+    run_dir = Path(run_dir)
+    dataset, classes = prepared.dataset, prepared.dataset.classes
+    spec = options.head_spec or HeadSpec(output="sigmoid" if dataset.multilabel else "softmax")
+    if spec.multilabel != dataset.multilabel:
+        raise TransferlabError(
+            f"head output '{spec.output}' does not fit a {'multi' if dataset.multilabel else 'single'}-label task"
+        )
+    data_config = _data_config(prepared, options.image_size)
+    eval_transform = create_transform(**data_config, is_training=False)
+    train_transform = training_transform(eval_transform, options.augment)
+
+    torch.manual_seed(options.seed)
+    np.random.seed(options.seed)
+    net = build_network(
+        prepared.backbone.model, prepared.config.cut_point, spec, len(classes), data_config["input_size"][-1]
+    )
+    lp_init = options.lp_init and is_linear_head(spec)
+    if lp_init:
+        probe = probe or fit_probe(prepared.features(), prepared.targets(), classes, seed=options.seed)
+        init_from_probe(net, probe.model, len(classes))
+    units = freeze_units(net.body)
+    plans = plan_stages(units, parse_unfreeze(options.unfreeze, units), options)
+
+    targets = prepared.targets()
+    paths = {split: prepared.split_paths(split) for split in ("train", "val", "test")}
+    if not len(paths["train"]) or not len(paths["val"]):
+        raise TransferlabError("fine-tuning needs training and validation images (check --val-fraction)")
+    loss = loss_function(targets["train"], len(classes), options.balance)
+    loaders = {
+        "train": training_loader(
+            LabelledImages(paths["train"], targets["train"], train_transform),
+            options.batch_size,
+            options.balance,
+            options.workers,
+        ),
+        **{
+            split: evaluation_loader(
+                LabelledImages(paths[split], targets[split], eval_transform), options.batch_size, options.workers
+            )
+            for split in ("val", "test")
+        },
+    }
+    if distributed.is_main:
+        save_preview(
+            run_dir / "augmentation_preview.png",
+            paths["train"][:PREVIEW_IMAGES],
+            train_transform,
+            data_config["mean"],
+            data_config["std"],
+        )
+
+    checkpoint = run_dir / CHECKPOINT
+    settings = TrainSettings(
+        options.lr,
+        options.backbone_lr_ratio,
+        options.layer_decay,
+        options.weight_decay,
+        options.warmup,
+        options.patience,
+        options.max_restarts,
+        options.bn_stats,
+    )
+    train_net, train_loaders, stores = net, loaders, []
+    if options.cache_views:  # train the upper part on cached boundary activations (finetune/boundary.py)
+        train_net, train_loaders, stores = cached_boundary(
+            net,
+            units,
+            plans,
+            loaders,
+            views=options.cache_views,
+            image_size=data_config["input_size"][-1],
+            balance=options.balance,
+            seed=options.seed,
+            directory=run_dir,
+        )
+    trainer = Trainer(
+        train_net,
+        units,
+        {**train_loaders, "train": distributed.shard(train_loaders["train"])},
+        loss,
+        classes,
+        settings,
+        checkpoint,
+        fingerprint=_fingerprint(prepared, options),
+        echo=echo,
+        on_epoch=on_epoch,
+        distributed=distributed,
+    )
+    stages = trainer.run(plans, load_checkpoint(checkpoint) if options.resume else None)
+    for store in stores:
+        store.release()
+    trainer.net = net  # final scores: the whole network on images, also after training on cached activations
+
+    set_trainable(net.body, units, units)
+    scores, metrics, thresholds = _evaluate(trainer, loaders, classes)
+    metric = headline(metrics["val"])[0]
+    if distributed.is_main:
+        _write_outputs(run_dir, prepared, options, spec, data_config, net, stages, metrics, metric, thresholds, lp_init)
+        checkpoint.unlink(missing_ok=True)
+    return FinetuneOutcome(
+        run_dir, stages, metric, metrics, scores, thresholds, net.eval(), lp_init, time.perf_counter() - started, paths
+    )
+
+
+def _evaluate(
+    trainer: Trainer, loaders: dict[str, Any], classes: list[str]
+) -> tuple[dict[str, np.ndarray], dict[str, dict[str, Any]], list[float] | None]:
+    """Scores and metrics on val and test; multi-label thresholds are tuned on val only, then applied to test."""
+    scores, truths = {}, {}
+    for split in ("val", "test"):
+        if len(loaders[split].dataset):
+            _, scores[split], truths[split] = trainer.scores(loaders[split])
+    thresholds = tune_thresholds(truths["val"], scores["val"]) if trainer.multilabel else None
+    metrics = {split: classification_metrics(truths[split], scores[split], classes, thresholds) for split in scores}
+    return scores, metrics, None if thresholds is None else thresholds.tolist()
+
+
+def _write_outputs(
+    run_dir: Path,
+    prepared: PreparedData,
+    options: FinetuneOptions,
+    spec: HeadSpec,
+    data_config: dict[str, Any],
+    net: FinetuneNet,
+    stages: list[dict[str, Any]],
+    metrics: dict[str, dict[str, Any]],
+    metric: str,
+    thresholds: list[float] | None,
+    lp_init: bool,
+) -> None:
+    write_json(
+        run_dir / "finetune.json",
+        {
+            "stages": stages,
+            "test_metrics": metrics.get("test", {}),
+            "val_metrics": metrics["val"],
+            "metric": metric,
+            "lp_init": lp_init,
+            "options": options.result_affecting(),
+        },
+    )
+    atomic_write_bytes(run_dir / "finetuned.safetensors", save(saved_state(net, prepared.backbone.model)))
+    write_json(
+        run_dir / "finetuned.json",
+        {
+            "backbone": prepared.backbone.name,
+            "weights_sha256": prepared.backbone.weights.sha256,
+            "head_spec": spec.to_dict(),
+            "cut_point": prepared.config.cut_point,
+            "classes": prepared.dataset.classes,
+            "multilabel": prepared.dataset.multilabel,
+            "thresholds": thresholds,
+            "preprocessing": {k: list(v) if isinstance(v, tuple) else v for k, v in data_config.items()},
+        },
+    )

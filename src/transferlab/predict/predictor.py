@@ -1,0 +1,136 @@
+"""One predictor for both model forms: a run directory (PyTorch) or an exported ONNX directory (onnxruntime).
+
+Both share the decoding and preprocessing code of feature extraction, so a prediction sees the image exactly as
+training did, and both apply the run's tuned multi-label thresholds.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from transferlab.data.dataset import Problem, printable
+from transferlab.errors import TransferlabError
+from transferlab.export.onnx import INPUT_NAME, MODEL_FILE, OUTPUT_NAME, PREPROCESSING_FILE, onnx_session
+from transferlab.features.extract import _collate, _ImageFiles
+from transferlab.fileio import atomic_write_text, read_json
+from transferlab.model import load_run_model
+from transferlab.model.load import make_transform
+from transferlab.record.predictions import PROBABILITY_PREFIX, decide
+
+
+@dataclass
+class Predictor:
+    """``scores`` maps a normalized image batch (N, 3, H, W) to probabilities (N, classes)."""
+
+    classes: list[str]
+    multilabel: bool
+    thresholds: np.ndarray | None
+    preprocessing: dict[str, Any]
+    scores: Callable[[torch.Tensor], np.ndarray]
+    source: str
+
+    def over_threshold(self, scores: np.ndarray) -> np.ndarray:
+        """Multi-label decisions: each label's score against its tuned threshold (0.5 where none was tuned)."""
+        thresholds = self.thresholds if self.thresholds is not None else np.full(len(self.classes), 0.5)
+        return scores >= thresholds
+
+    def decide(self, scores: np.ndarray) -> tuple[list[str], np.ndarray]:
+        """Labels and confidences by the rule of the run's own ``predictions.csv`` (0.5 where none was tuned)."""
+        if not self.multilabel:
+            return decide(scores, self.classes, None)
+        thresholds = self.thresholds if self.thresholds is not None else np.full(len(self.classes), 0.5)
+        return decide(scores, self.classes, thresholds)
+
+
+def _thresholds(values: Sequence[float] | None) -> np.ndarray | None:
+    return None if values is None else np.asarray(values, dtype=np.float32)
+
+
+def _torch_predictor(run: Path) -> Predictor:
+    model = load_run_model(run)
+
+    def scores(images: torch.Tensor) -> np.ndarray:
+        with torch.inference_mode():
+            return model.module(images).numpy()
+
+    thresholds = _thresholds(model.thresholds) if model.multilabel else None
+    return Predictor(model.classes, model.multilabel, thresholds, model.preprocessing, scores, f"run {run}")
+
+
+def _onnx_predictor(folder: Path) -> Predictor:
+    meta = read_json(folder / PREPROCESSING_FILE)
+    session = onnx_session(folder / meta.get("model_file", MODEL_FILE))
+
+    def scores(images: torch.Tensor) -> np.ndarray:
+        return session.run([OUTPUT_NAME], {INPUT_NAME: images.numpy()})[0]
+
+    thresholds = _thresholds(meta.get("thresholds")) if meta["multilabel"] else None
+    return Predictor(meta["classes"], meta["multilabel"], thresholds, meta["preprocessing"], scores, f"onnx {folder}")
+
+
+def load_predictor(model: str | Path) -> Predictor:
+    """An export directory (has ``preprocessing.json``) or a run directory (``finetuned.*`` or ``probe.*``)."""
+    path = Path(model)
+    if (path / PREPROCESSING_FILE).is_file():
+        return _onnx_predictor(path)
+    if (path / "finetuned.json").is_file() or (path / "probe.json").is_file():
+        return _torch_predictor(path)
+    raise TransferlabError(f"{path}: neither a run with a model (probe.json) nor an ONNX export (preprocessing.json)")
+
+
+@dataclass
+class Predictions:
+    """Scored images (in input order, skipping failures), their decisions, and the inputs that were skipped."""
+
+    paths: list[Path]
+    scores: np.ndarray
+    labels: list[str]
+    confidence: np.ndarray
+    skipped: list[Problem] = field(default_factory=list)
+
+
+def predict_paths(
+    predictor: Predictor, paths: Sequence[str | Path], *, batch_size: int = 32, workers: int = 0
+) -> Predictions:
+    """Score every decodable image; undecodable ones are skipped with the loader's reason."""
+    files = [Path(p) for p in paths]
+    loader = DataLoader(
+        _ImageFiles(files, make_transform(predictor.preprocessing)),
+        batch_size=batch_size,
+        num_workers=workers,
+        collate_fn=_collate,
+    )
+    kept: list[int] = []
+    parts: list[np.ndarray] = []
+    skipped: list[Problem] = []
+    for indices, images, failed in loader:
+        skipped += [Problem(str(files[i]), reason) for i, reason in failed]
+        if images is not None:
+            kept += indices
+            parts.append(predictor.scores(images))
+    scores = np.concatenate(parts) if parts else np.zeros((0, len(predictor.classes)), dtype=np.float32)
+    labels, confidence = predictor.decide(scores)
+    return Predictions([files[i] for i in kept], scores, labels, confidence, skipped)
+
+
+def write_predictions_csv(path: str | Path, predictions: Predictions, classes: list[str]) -> Path:
+    """``path,predicted,confidence,p:<class>...``; multi-label ``predicted`` joins labels with ';'."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["path", "predicted", "confidence", *(PROBABILITY_PREFIX + name for name in classes)])
+    for file, label, confidence, row in zip(
+        predictions.paths, predictions.labels, predictions.confidence, predictions.scores, strict=True
+    ):
+        writer.writerow([printable(str(file)), label, f"{confidence:.4f}", *(f"{value:.6f}" for value in row)])
+    out = Path(path)
+    atomic_write_text(out, buffer.getvalue())
+    return out

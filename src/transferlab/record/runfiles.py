@@ -1,0 +1,157 @@
+"""Read a run directory back: every file of the run-directory contract, each optional except ``config.json``.
+
+The report, the advice and the ``runs``/``compare``/``rerun`` commands all read runs through :func:`load_run`, so a
+stage that is missing (never ran, or an older run) is simply ``None`` here and nobody else has to check for files.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from transferlab.errors import TransferlabError
+from transferlab.record.predictions import LABEL_JOIN
+
+LABEL_SEP = LABEL_JOIN
+
+
+def _json(path: Path) -> Any:
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise TransferlabError(f"{path}: not valid JSON ({error})") from error
+
+
+def _csv(path: Path) -> list[dict[str, str]]:
+    if not path.is_file():
+        return []
+    with open(path, newline="", encoding="utf-8", errors="replace") as handle:
+        return list(csv.DictReader(handle))
+
+
+@dataclass
+class RunFiles:
+    """The contents of ``runs/<name>/``; optional stages are ``None`` (JSON) or empty (CSV/text) when absent."""
+
+    path: Path
+    config: dict[str, Any]
+    environment: dict[str, Any] = field(default_factory=dict)
+    process: dict[str, Any] = field(default_factory=dict)
+    record: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    timings: dict[str, Any] = field(default_factory=dict)
+    ranking: dict[str, Any] | None = None
+    search: dict[str, Any] | None = None
+    fractions: dict[str, Any] | None = None
+    finetune: dict[str, Any] | None = None
+    split_rows: list[dict[str, str]] = field(default_factory=list)
+    predictions: list[dict[str, str]] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.record.get("classes", []))
+
+    @property
+    def multilabel(self) -> bool:
+        return self.record.get("task") == "multi-label"
+
+    @property
+    def finished(self) -> datetime:
+        """When the run wrote its results (metrics.json, else config.json): the date shown by ``transferlab runs``."""
+        marker = self.path / "metrics.json"
+        stamp = (marker if marker.exists() else self.path / "config.json").stat().st_mtime
+        return datetime.fromtimestamp(stamp, tz=timezone.utc)
+
+    def final_metrics(self) -> tuple[str, dict[str, dict[str, Any]]]:
+        """The final model's metrics per split and which stage produced it (fine-tuning > head search > probe).
+
+        Later stages store only test metrics; the probe's ``metrics.json`` has all three splits.
+        """
+        for stage, payload in (("fine-tuning", self.finetune), ("head search", self.search)):
+            if payload and payload.get("test_metrics"):
+                return stage, {"test": payload["test_metrics"]}
+        return "probe", self.metrics
+
+    def headline(self) -> tuple[str, float] | None:
+        """(metric name, value) of the final model on the test split: accuracy, or mAP for multi-label."""
+        test = self.final_metrics()[1].get("test") or {}
+        for key in ("accuracy", "mAP"):
+            if test.get(key) is not None:
+                return key, float(test[key])
+        return None
+
+    @property
+    def data_path(self) -> Path:
+        """The run's data; a relative path is taken from the run's working directory (process.json) if recorded."""
+        return Path(self.process.get("cwd", ".")) / self.config.get("data", ".")
+
+    def data_root(self) -> Path:
+        """The folder that split.csv and predictions.csv paths are relative to (the data folder or the CSV's)."""
+        return self.data_path if self.data_path.is_dir() else self.data_path.parent
+
+    def image_path(self, relative: str) -> Path | None:
+        path = Path(relative)
+        path = path if path.is_absolute() else self.data_root() / path
+        return path if path.is_file() else None
+
+
+def load_run(run_path: str | Path) -> RunFiles:
+    """Read every file a run directory may hold; a folder without ``config.json`` is not a run."""
+    path = Path(run_path)
+    config = _json(path / "config.json")
+    if config is None:
+        raise TransferlabError(f"{path}: not a run directory (no config.json)")
+    problems_file = path / "problems.txt"
+    problems = (
+        problems_file.read_text(encoding="utf-8", errors="replace").splitlines() if problems_file.is_file() else []
+    )
+    return RunFiles(
+        path=path,
+        config=config,
+        environment=_json(path / "environment.json") or {},
+        process=_json(path / "process.json") or {},
+        record=_json(path / "record.json") or {},
+        metrics=_json(path / "metrics.json") or {},
+        timings=_json(path / "timings.json") or {},
+        ranking=_json(path / "ranking.json"),
+        search=_json(path / "search.json"),
+        fractions=_json(path / "fractions.json"),
+        finetune=_json(path / "finetune.json"),
+        split_rows=_csv(path / "split.csv"),
+        predictions=_csv(path / "predictions.csv"),
+        problems=[line for line in problems if line.strip()],
+    )
+
+
+def find_runs(runs_dir: str | Path) -> tuple[list[RunFiles], list[str]]:
+    """Every run under ``runs_dir``, oldest first, and one message per run directory that could not be read."""
+    root = Path(runs_dir)
+    if not root.is_dir():
+        raise TransferlabError(f"runs directory {root} does not exist")
+    runs, unreadable = [], []
+    for child in sorted(root.iterdir()):
+        if (child / "config.json").is_file():
+            try:
+                runs.append(load_run(child))
+            except TransferlabError as error:
+                unreadable.append(str(error))
+    return sorted(runs, key=lambda run: (run.finished, run.name)), unreadable
+
+
+def resolve_run(run: str | Path, runs_dir: str | Path = "runs") -> Path:
+    """A run given as a path or as a name inside ``runs_dir``."""
+    for candidate in (Path(run), Path(runs_dir) / str(run)):
+        if (candidate / "config.json").is_file():
+            return candidate
+    raise TransferlabError(f"no run '{run}' (looked for {run}/config.json and {Path(runs_dir) / str(run)}/config.json)")

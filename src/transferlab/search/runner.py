@@ -1,0 +1,247 @@
+"""The head-search stage: run the study, refit the winner, compare it with the plain probe, write search.json."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from transferlab.data import stratified_subset
+from transferlab.errors import TransferlabError
+from transferlab.fileio import write_json
+from transferlab.heads import HeadSpec, cost_warning, head_cost
+from transferlab.pipeline import PreparedData, prepare
+from transferlab.probe import fit_probe
+from transferlab.search.data import HeadData
+from transferlab.search.space import decode
+from transferlab.search.study import (
+    DIRECTION,
+    FINISHED,
+    create_search_study,
+    default_storage,
+    default_study_name,
+    load_search_study,
+    run_queued_trials,
+    worker_config,
+)
+from transferlab.search.train import evaluate, predict_logits, score, train_head
+
+
+@dataclass
+class SearchOutcome:
+    """The study's winner (``best_value``: its validation loss, the objective), test metrics next to the probe's."""
+
+    study_name: str
+    storage: str
+    best_spec: HeadSpec
+    best_params: dict[str, Any]
+    best_value: float
+    test_metrics: dict[str, Any]
+    probe_test_metrics: dict[str, Any]
+    record: dict[str, Any]
+    path: Path
+
+    def summary(self) -> str:
+        metric = "mAP" if "mAP" in self.test_metrics else "accuracy"
+        return (
+            f"best head: {self.best_spec.describe()}  val loss {self.best_value:.4f}\n"
+            f"test {metric}: head {self.test_metrics[metric]:.4f}  vs plain probe {self.probe_test_metrics[metric]:.4f}"
+        )
+
+
+def load_head_data(prepared: PreparedData, maps: bool = False) -> HeadData:
+    """Cached features of the configured cut point (and its spatial maps when ``maps``)."""
+    if not maps:
+        return HeadData.from_prepared(prepared)
+    from transferlab.features.maps import cached_maps
+
+    return HeadData.from_arrays(
+        prepared.features(), prepared.targets(), prepared.dataset.classes, maps=cached_maps(prepared)
+    )
+
+
+def _trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
+    return [
+        {
+            "number": t.number,
+            "state": t.state.name,
+            "params": t.params,
+            "value": t.value,
+            "val_metric": t.user_attrs.get("val_metric"),
+            "seconds": t.user_attrs.get("seconds"),
+            "curve": t.user_attrs.get("curve", []),
+            **({"error": t.user_attrs["error"]} if "error" in t.user_attrs else {}),
+        }
+        for t in sorted(study.get_trials(deepcopy=False, states=FINISHED), key=lambda t: t.number)
+    ]
+
+
+def _importance(study: optuna.Study) -> dict[str, float]:
+    """fANOVA importance of each parameter for the val metric; empty when too few trials completed to tell."""
+    complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    if len(complete) < 3:
+        return {}
+    try:
+        importance = optuna.importance.get_param_importances(
+            study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0)
+        )
+    except (ValueError, RuntimeError):
+        return {}
+    return {name: float(value) for name, value in importance.items()}
+
+
+def _explain(record: dict[str, Any]) -> str:
+    """One paragraph for the report: why this head won and whether it is worth more than the plain probe."""
+    metric, best = record["metric"], record["best"]
+    states = [t["state"] for t in record["trials"]]
+    text = (
+        f"Trial {best['number']} won with the lowest validation loss ({best['value']:.4f}; validation {metric} "
+        f"{best['val_metric']:.4f}) among {len(states)} trials "
+        f"({states.count('COMPLETE')} complete, {states.count('PRUNED')} pruned early, {states.count('FAIL')} failed): "
+        f"{best['description']}, {best['head_params']:,} parameters ({best['head_mb']:.2f} MB)."
+    )
+    if record["importance"]:
+        top = sorted(record["importance"].items(), key=lambda item: -item[1])[:3]
+        text += " Most influential settings: " + ", ".join(f"{name} ({value:.2f})" for name, value in top) + "."
+    head, probe = record["test_metrics"].get(metric), record["probe_test_metrics"].get(metric)
+    if head is not None and probe is not None:
+        verdict = "beats" if head > probe else "matches" if head == probe else "does not beat"
+        text += f" On the test split the head {verdict} the plain probe ({metric} {head:.4f} vs {probe:.4f})."
+    return text
+
+
+def search_heads(
+    prepared: PreparedData,
+    run_dir: str | Path,
+    *,
+    trials: int,
+    timeout: float | None = None,
+    storage: str | None = None,
+    study_name: str | None = None,
+    seed: int = 0,
+    maps: bool = False,
+    echo: Callable[[str], None] = print,
+) -> SearchOutcome:
+    """Search heads on ``prepared``'s cached features, refit the best, score it and the probe on test.
+
+    ``maps`` also offers heads that need spatial maps (max / avg+max / conv1x1 pooling); their maps are cached once.
+    Writes ``<run_dir>/search.json``; the study itself lives in ``storage`` (default SQLite in the run directory).
+    """
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    storage = storage or default_storage(run_dir)
+    study_name = study_name or default_study_name(prepared.config)
+    data = load_head_data(prepared, maps)
+    study, backend = create_search_study(
+        prepared, trials=trials, storage=storage, study_name=study_name, seed=seed, maps=maps
+    )
+    started = time.perf_counter()
+    run_queued_trials(study, backend, data, seed=seed, maps=maps, timeout=timeout, echo=echo)
+    running = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)))
+    if running:
+        echo(f"{running} trial(s) still running on other workers; rerun the same command later to include them")
+    try:
+        best = study.best_trial
+    except ValueError:
+        raise TransferlabError(f"no trial of study '{study_name}' completed; see {run_dir / 'search.json'}") from None
+    spec, params = decode(best.params, multilabel=data.multilabel)
+    refit = train_head(spec, params, data, seed=seed + best.number)
+    test_metrics = evaluate(refit, data).get("test", {})
+    probe = fit_probe(prepared.features(), prepared.targets(), prepared.dataset.classes, seed=seed)
+    head_params, head_mb = head_cost(spec, data.in_channels, data.spatial, len(data.classes))
+    record = {
+        "study_name": study_name,
+        "storage": storage,
+        "direction": DIRECTION,
+        "objective": "val_loss",
+        "metric": data.metric,
+        "n_trials": len(study.get_trials(deepcopy=False, states=FINISHED)),
+        "search_seconds": time.perf_counter() - started,
+        "best": {
+            "number": best.number,
+            "value": best.value,
+            "val_metric": best.user_attrs.get("val_metric"),
+            "params": best.params,
+            "spec": spec.to_dict(),
+            "description": spec.describe(),
+            "head_params": head_params,
+            "head_mb": head_mb,
+            "warning": cost_warning(head_params, len(data.y["train"])),
+        },
+        "trials": _trial_rows(study),
+        "importance": _importance(study),
+        "test_metrics": test_metrics,
+        "probe_test_metrics": probe.metrics.get("test", {}),
+    }
+    record["explanation"] = _explain(record)
+    path = run_dir / "search.json"
+    write_json(path, record)
+    return SearchOutcome(
+        study_name,
+        storage,
+        spec,
+        best.params,
+        float(best.value),
+        test_metrics,
+        record["probe_test_metrics"],
+        record,
+        path,
+    )
+
+
+def parse_fractions(text: str) -> list[float]:
+    """'0.125,0.25,0.5,1' → sorted fractions in (0, 1]."""
+    try:
+        values = sorted({float(part) for part in text.split(",") if part.strip()})
+    except ValueError:
+        raise TransferlabError(f"--fractions must be comma-separated numbers, got '{text}'") from None
+    if not values or not all(0 < v <= 1 for v in values):
+        raise TransferlabError(f"--fractions must lie in (0, 1], got '{text}'")
+    return values
+
+
+def fraction_curve(
+    prepared: PreparedData,
+    spec_params: dict[str, Any],
+    fractions: Sequence[float],
+    seed: int = 0,
+    *,
+    data: HeadData | None = None,
+) -> dict[str, Any]:
+    """Refit the head of ``spec_params`` (a trial's params) on growing nested stratified subsets of train.
+
+    If validation keeps improving with more data, more data is the cheapest fix (double it before reaching for
+    regularization); if train and val metrics stay far apart at the full size, regularize.
+    """
+    spec, params = decode(spec_params, multilabel=prepared.dataset.multilabel)
+    data = data or load_head_data(prepared, spec.needs_maps)
+    rows = []
+    for fraction in sorted(fractions):
+        chosen = stratified_subset(data.y["train"], fraction, seed)
+        subset = data.subset_train(chosen)
+        trained = train_head(spec, params, subset, seed=seed)
+        train_logits = predict_logits(trained.head, subset.inputs(spec)["train"])
+        rows.append(
+            {
+                "fraction": fraction,
+                "n_train": len(chosen),
+                "train_metric": score(subset.y["train"], train_logits, data.multilabel),
+                "val_metric": trained.best_metric,
+            }
+        )
+    return {"metric": data.metric, "rows": rows}
+
+
+def run_worker(study_name: str, storage: str, *, echo: Callable[[str], None] = print) -> int:
+    """Join an existing study: rebuild the data from the feature cache and drain its queue; returns trials run."""
+    study, backend = load_search_study(study_name, storage)
+    config, cache_dir = worker_config(study)
+    prepared = prepare(config, cache_dir=cache_dir, progress=False, echo=echo)
+    maps = bool(study.user_attrs.get("maps"))
+    data = load_head_data(prepared, maps)
+    seed = int(study.user_attrs["seed"])
+    return run_queued_trials(study, backend, data, seed=seed, maps=maps, echo=echo)

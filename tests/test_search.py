@@ -1,0 +1,107 @@
+"""Head search on the tiny backbone: search.json contract, resume, reproducibility, learning curve, CLI errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import TINY_BACKBONE, TINY_SIZE, make_class_folder
+
+from transferlab.cli import main
+from transferlab.features.maps import MAP_SIZE, cached_maps
+from transferlab.heads import HeadSpec
+from transferlab.pipeline import PreparedData, RunConfig, prepare
+from transferlab.search import fraction_curve, search_heads
+from transferlab.search.space import decode
+
+
+@pytest.fixture(scope="module")
+def prepared(tiny_weights: Path, tmp_path_factory: pytest.TempPathFactory) -> PreparedData:
+    root = tmp_path_factory.mktemp("search")
+    data = make_class_folder(root / "data", per_class=20)
+    config = RunConfig(str(data), TINY_BACKBONE, str(tiny_weights), image_size=TINY_SIZE, workers=0)
+    return prepare(config, cache_dir=root / "cache", progress=False, echo=lambda _: None)
+
+
+def _search(prepared: PreparedData, run_dir: Path, trials: int, **kwargs) -> dict:
+    search_heads(prepared, run_dir, trials=trials, seed=3, echo=lambda _: None, **kwargs)
+    return json.loads((run_dir / "search.json").read_text())
+
+
+def test_search_records_every_trial_and_resumes(prepared: PreparedData, tmp_path: Path) -> None:
+    first = _search(prepared, tmp_path / "run", 4)
+    assert first["n_trials"] == 4 and [t["number"] for t in first["trials"]] == [0, 1, 2, 3]
+    assert first["storage"] == f"sqlite:///{(tmp_path / 'run' / 'study.db').resolve()}"
+    for trial in first["trials"]:
+        assert trial["state"] in {"COMPLETE", "PRUNED", "FAIL"}
+        assert trial["seconds"] > 0 and trial["curve"][0]["epoch"] == 1
+        assert set(trial["curve"][0]) == {"epoch", "train_loss", "val_loss", "train_metric", "val_metric"}
+    best = first["best"]
+    spec, _ = decode(best["params"], multilabel=False)
+    assert HeadSpec.from_dict(best["spec"]) == spec and best["head_params"] > 0
+    assert 0 <= first["test_metrics"]["accuracy"] <= 1 and "accuracy" in first["probe_test_metrics"]
+    assert f"Trial {best['number']} won" in first["explanation"] and "plain probe" in first["explanation"]
+
+    resumed = _search(prepared, tmp_path / "run", 6)
+    assert resumed["n_trials"] == 6
+    assert [t["params"] for t in resumed["trials"][:4]] == [t["params"] for t in first["trials"]]
+    old = {json.dumps(t["params"], sort_keys=True) for t in first["trials"]}
+    assert not any(json.dumps(t["params"], sort_keys=True) in old for t in resumed["trials"][4:])
+
+
+def test_same_seed_same_trials(prepared: PreparedData, tmp_path: Path) -> None:
+    one = _search(prepared, tmp_path / "a", 3)
+    two = _search(prepared, tmp_path / "b", 3)
+    assert [(t["params"], t["value"], t["state"]) for t in one["trials"]] == [
+        (t["params"], t["value"], t["state"]) for t in two["trials"]
+    ]
+
+
+def test_fraction_curve_grows_nested_subsets(prepared: PreparedData) -> None:
+    params = {"pooling": "avg", "n_layers": 0, "dropout": 0.0, "lr": 0.01, "weight_decay": 1e-4}
+    curve = fraction_curve(prepared, {**params, "batch_size": 32, "epochs": 10}, [1, 0.25, 0.5], seed=0)
+    assert curve["metric"] == "accuracy"
+    assert [r["fraction"] for r in curve["rows"]] == [0.25, 0.5, 1]
+    sizes = [r["n_train"] for r in curve["rows"]]
+    assert sizes == sorted(sizes) and sizes[-1] == len(prepared.targets()["train"]) and sizes[0] < sizes[-1]
+    assert all(0 <= r["train_metric"] <= 1 and 0 <= r["val_metric"] <= 1 for r in curve["rows"])
+
+
+def test_cli_search_writes_search_and_fractions(tiny_run_options: dict, class_folder: Path, capsys) -> None:
+    options = tiny_run_options
+    argv = ["search", str(class_folder), "--backbone", options["backbone"], "--weights", options["weights"]]
+    argv += ["--image-size", str(TINY_SIZE), "--cache-dir", options["cache_dir"], "--runs-dir", options["runs_dir"]]
+    argv += ["--workers", "0", "--no-progress", "--trials", "2", "--fractions", "0.5,1", "--name", "s"]
+    assert main(argv) == 0
+    run_dir = Path(options["runs_dir"]) / "s"
+    assert json.loads((run_dir / "search.json").read_text())["n_trials"] == 2
+    assert [r["fraction"] for r in json.loads((run_dir / "fractions.json").read_text())["rows"]] == [0.5, 1]
+    assert "plain probe" in capsys.readouterr().out
+    assert main([*argv[:-4], "--fractions", "0,2", "--name", "s"]) == 2
+    assert "--fractions must lie in (0, 1]" in capsys.readouterr().err
+
+
+def test_worker_on_unknown_study_is_a_user_error(tmp_path: Path, capsys) -> None:
+    assert main(["worker", "--study", "nope", "--storage", f"sqlite:///{tmp_path / 'x.db'}"]) == 2
+    assert "no study 'nope'" in capsys.readouterr().err
+
+
+def test_maps_are_cached_as_float16_and_train_map_heads(prepared: PreparedData, tmp_path: Path) -> None:
+    maps = cached_maps(prepared)
+    pooled = prepared.features()
+    assert maps["train"].dtype == np.float16 and maps["train"].ndim == 4
+    assert maps["train"].shape[2] <= MAP_SIZE and len(maps["val"]) == len(pooled["val"])
+    # the pooled 'head' vector is the global average of the final map
+    np.testing.assert_allclose(maps["train"].astype(np.float32).mean(axis=(2, 3)), pooled["train"], atol=0.05)
+    shards = sorted(prepared.cache.directory.parent.glob("*/shard-*.npz"))
+    assert cached_maps(prepared)["test"].shape == maps["test"].shape
+    assert sorted(prepared.cache.directory.parent.glob("*/shard-*.npz")) == shards  # second call: no recompute
+
+    params = {"pooling": "conv1x1", "conv_channels": 64, "extra_maxpool": True, "n_layers": 0, "batchnorm": True}
+    params |= {"activation": "relu", "dropout": 0.1, "lr": 0.01, "weight_decay": 1e-4, "batch_size": 32, "epochs": 10}
+    curve = fraction_curve(prepared, params, [1], seed=0)
+    assert curve["rows"][0]["n_train"] == len(pooled["train"])
+    record = _search(prepared, tmp_path / "maps", 4, maps=True)
+    assert record["n_trials"] == 4 and record["best"]["spec"]["output"] == "softmax"
