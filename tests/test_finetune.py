@@ -343,3 +343,11 @@ def test_cut_at_a_stage_trains_units_below_it_and_reloads(data: Path, calibrated
     images = torch.stack([loaded.transform()(load_image(p)) for p in prepared.split_paths("val")])
     with torch.no_grad():
         np.testing.assert_allclose(loaded.module(images).numpy(), outcome.scores["val"], atol=1e-5)
+
+
+def test_probe_warm_start_is_skipped_when_fine_tuning_at_another_resolution(prepared, tmp_path: Path) -> None:
+    said: list[str] = []
+    options = FinetuneOptions(**(QUICK | {"lp_init": True, "image_size": TINY_SIZE // 2, "unfreeze": "none"}))
+    outcome = finetune(prepared, tmp_path / "run", options, echo=said.append)
+    assert not outcome.lp_init
+    assert any("probe warm start skipped" in line and f"{TINY_SIZE // 2} px" in line for line in said)

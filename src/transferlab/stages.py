@@ -25,13 +25,19 @@ if TYPE_CHECKING:
 
 
 def search_stage(
-    prepared: PreparedData, run_path: Path, config: RunConfig, echo: Callable[[str], None]
+    prepared: PreparedData, run_path: Path, config: RunConfig, probe: ProbeResult, echo: Callable[[str], None]
 ) -> SearchOutcome:
     """Optuna head search on cached features; with ``config.fractions`` also the learning curve of the winner."""
     from transferlab.search import fraction_curve, search_heads
 
     outcome = search_heads(
-        prepared, run_path, trials=config.trials, timeout=config.search_timeout, seed=config.seed, echo=echo
+        prepared,
+        run_path,
+        trials=config.trials,
+        timeout=config.search_timeout,
+        seed=config.seed,
+        probe_test_metrics=probe.metrics.get("test", {}),
+        echo=echo,
     )
     echo(outcome.summary())
     if config.fractions:

@@ -170,6 +170,13 @@ def finetune(
         prepared.backbone.model, prepared.config.cut_point, spec, len(classes), data_config["input_size"][-1]
     )
     lp_init = options.lp_init and is_linear_head(spec)
+    feature_size = prepared.backbone.data_config["input_size"][-1]
+    if lp_init and data_config["input_size"][-1] != feature_size:
+        # The probe learnt features of feature_size-pixel inputs; at another resolution the same weights start the
+        # head off target (first-epoch loss above the sanity limit), which no LR restart can repair.
+        echo(f"probe warm start skipped: the probe saw {feature_size} px features, fine-tuning runs at "
+             f"{data_config['input_size'][-1]} px")
+        lp_init = False
     if lp_init:
         probe = probe or fit_probe(prepared.features(), prepared.targets(), classes, seed=options.seed)
         init_from_probe(net, probe.model, len(classes))

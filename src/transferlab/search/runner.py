@@ -124,9 +124,13 @@ def search_heads(
     study_name: str | None = None,
     seed: int = 0,
     maps: bool = False,
+    probe_test_metrics: dict[str, Any] | None = None,
     echo: Callable[[str], None] = print,
 ) -> SearchOutcome:
     """Search heads on ``prepared``'s cached features, refit the best, score it and the probe on test.
+
+    ``probe_test_metrics``: the plain probe's test metrics when the caller has fitted it already (``run`` has),
+    so it is not fitted twice.
 
     ``maps`` also offers heads that need spatial maps (max / avg+max / conv1x1 pooling); their maps are cached once.
     Writes ``<run_dir>/search.json``; the study itself lives in ``storage`` (default SQLite in the run directory).
@@ -151,7 +155,9 @@ def search_heads(
     spec, params = decode(best.params, multilabel=data.multilabel)
     refit = train_head(spec, params, data, seed=seed + best.number)
     test_metrics = evaluate(refit, data).get("test", {})
-    probe = fit_probe(prepared.features(), prepared.targets(), prepared.dataset.classes, seed=seed)
+    if probe_test_metrics is None:
+        probe = fit_probe(prepared.features(), prepared.targets(), prepared.dataset.classes, seed=seed)
+        probe_test_metrics = probe.metrics.get("test", {})
     head_params, head_mb = head_cost(spec, data.in_channels, data.spatial, len(data.classes))
     record = {
         "study_name": study_name,
@@ -175,7 +181,7 @@ def search_heads(
         "trials": _trial_rows(study),
         "importance": _importance(study),
         "test_metrics": test_metrics,
-        "probe_test_metrics": probe.metrics.get("test", {}),
+        "probe_test_metrics": probe_test_metrics,
     }
     record["explanation"] = _explain(record)
     path = run_dir / "search.json"
