@@ -276,7 +276,7 @@ def run(
     stage_metrics = {"probe": probe.metrics.get("test", {})}
     searched = None
     if config.trials:
-        searched = search_stage(prepared, run_dir.path, config, probe, echo)
+        searched, _ = search_stage(prepared, run_dir.path, config, probe, echo)
         stage_metrics["head search"] = searched.test_metrics
     if config.finetune is not None:
         options = finetune_options(config, searched, probe, echo)

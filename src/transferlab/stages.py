@@ -25,9 +25,18 @@ if TYPE_CHECKING:
 
 
 def search_stage(
-    prepared: PreparedData, run_path: Path, config: RunConfig, probe: ProbeResult, echo: Callable[[str], None]
-) -> SearchOutcome:
-    """Optuna head search on cached features; with ``config.fractions`` also the learning curve of the winner."""
+    prepared: PreparedData,
+    run_path: Path,
+    config: RunConfig,
+    probe: ProbeResult | None,
+    echo: Callable[[str], None],
+    **study: Any,
+) -> tuple[SearchOutcome, dict[str, Any] | None]:
+    """Optuna head search on cached features; with ``config.fractions`` also the learning curve of the winner.
+
+    ``probe``: the already fitted probe, compared against instead of fitting it again (None: fit one).
+    ``study``: storage / study_name / maps for :func:`transferlab.search.search_heads`.
+    """
     from transferlab.search import fraction_curve, search_heads
 
     outcome = search_heads(
@@ -36,14 +45,16 @@ def search_stage(
         trials=config.trials,
         timeout=config.search_timeout,
         seed=config.seed,
-        probe_test_metrics=probe.metrics.get("test", {}),
+        probe_test_metrics=None if probe is None else probe.metrics.get("test", {}),
         echo=echo,
+        **study,
     )
     echo(outcome.summary())
+    curve = None
     if config.fractions:
         curve = fraction_curve(prepared, outcome.best_params, config.fractions, config.seed)
         write_json(run_path / "fractions.json", curve)
-    return outcome
+    return outcome, curve
 
 
 def finetune_options(

@@ -37,35 +37,29 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def handle_search(args: argparse.Namespace) -> None:
-    from transferlab.fileio import write_json
     from transferlab.pipeline import RunConfig, prepare
-    from transferlab.search import fraction_curve, parse_fractions, search_heads
+    from transferlab.search import parse_fractions
+    from transferlab.stages import search_stage
 
-    fractions = parse_fractions(args.fractions) if args.fractions else None
-    config = RunConfig(data=args.data, **{name: getattr(args, name) for name in RUN_OPTION_NAMES})
+    config = RunConfig(
+        data=args.data,
+        trials=args.trials,
+        search_timeout=args.timeout,
+        fractions=parse_fractions(args.fractions) if args.fractions else None,
+        **{name: getattr(args, name) for name in RUN_OPTION_NAMES},
+    )
     prepared = prepare(config, cache_dir=args.cache_dir, progress=not args.no_progress)
     # A stable default name: rerunning the same command finds the same study.db and resumes it.
     name = args.name or f"{Path(args.data).stem or 'data'}-search-{config.backbone}-{config.cut_point}"
     run_dir = Path(args.runs_dir) / name
-    outcome = search_heads(
-        prepared,
-        run_dir,
-        trials=args.trials,
-        timeout=args.timeout,
-        storage=args.storage,
-        study_name=args.study,
-        seed=config.seed,
-        maps=args.maps,
+    _, curve = search_stage(
+        prepared, run_dir, config, None, print, storage=args.storage, study_name=args.study, maps=args.maps
     )
-    print(outcome.summary())
-    if fractions:
-        curve = fraction_curve(prepared, outcome.best_params, fractions, config.seed)
-        write_json(run_dir / "fractions.json", curve)
-        for row in curve["rows"]:
-            print(
-                f"fraction {row['fraction']:<6g} n_train {row['n_train']:>5}  "
-                f"train {row['train_metric']:.4f}  val {row['val_metric']:.4f}"
-            )
+    for row in curve["rows"] if curve else []:
+        print(
+            f"fraction {row['fraction']:<6g} n_train {row['n_train']:>5}  "
+            f"train {row['train_metric']:.4f}  val {row['val_metric']:.4f}"
+        )
     print(f"run directory: {run_dir}")
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+import sqlalchemy
 from optuna.trial import TrialState
 from sqlalchemy.engine import make_url
 
@@ -51,12 +52,24 @@ def _sqlite_connector(url: str) -> Callable[[], sqlite3.Connection]:
     path = make_url(url).database or ":memory:"
 
     def connect() -> sqlite3.Connection:
-        connection = sqlite3.connect(path, timeout=60, check_same_thread=False)
+        # isolation_level=None: no implicit BEGIN from the driver; open_storage makes every transaction
+        # BEGIN IMMEDIATE instead (see there).
+        connection = sqlite3.connect(path, timeout=60, check_same_thread=False, isolation_level=None)
         connection.execute("PRAGMA journal_mode=WAL")
         connection.execute("PRAGMA synchronous=NORMAL")
         return connection
 
     return connect
+
+
+def _begin_immediate(connection: Any) -> None:
+    """Take SQLite's write lock when a transaction starts, not at its first write.
+
+    Optuna reads a row, then updates it (e.g. claiming a WAITING trial). With SQLite's default deferred
+    transactions two workers can both read, and the second one's write then fails at once with "database is
+    locked" (a stale WAL snapshot, which no busy timeout waits out). Starting with the lock serializes them.
+    """
+    connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def _postgres_driver(url: str) -> str:
@@ -69,9 +82,13 @@ def _postgres_driver(url: str) -> str:
 
 def open_storage(url: str) -> optuna.storages.RDBStorage:
     """An RDB storage for ``url``; SQLite waits for locks instead of failing when several processes write."""
-    engine_kwargs = {"creator": _sqlite_connector(url)} if url.startswith("sqlite") else {}
+    sqlite = url.startswith("sqlite")
+    engine_kwargs = {"creator": _sqlite_connector(url)} if sqlite else {}
     try:
-        return optuna.storages.RDBStorage(_postgres_driver(url), engine_kwargs=engine_kwargs)
+        storage = optuna.storages.RDBStorage(_postgres_driver(url), engine_kwargs=engine_kwargs)
+        if sqlite:
+            sqlalchemy.event.listen(storage.engine, "begin", _begin_immediate)
+        return storage
     except ImportError as error:
         raise TransferlabError(
             f"storage {url.split(':')[0]} needs a driver: {error} (pip install psycopg2-binary)"
