@@ -57,6 +57,10 @@ def search_stage(
     return outcome, curve
 
 
+def _shown(value: float | None) -> str:
+    return "–" if value is None else f"{value:.4f}"
+
+
 def finetune_options(
     config: RunConfig, searched: SearchOutcome | None, probe: ProbeResult, echo: Callable[[str], None]
 ) -> FinetuneOptions:
@@ -74,10 +78,11 @@ def finetune_options(
         head_val = searched.record["best"].get("val_metric")
         if head_val is not None and (probe_val is None or head_val > probe_val):
             options.head_spec = searched.best_spec
-            echo(f"fine-tuning the searched head (val {metric} {head_val} beats the probe's {probe_val})")
+            echo(f"fine-tuning the searched head (val {metric} {_shown(head_val)} beats the probe's "
+                 f"{_shown(probe_val)})")
         else:
-            echo(f"fine-tuning a linear head warm-started from the probe (val {metric} {probe_val} vs searched "
-                 f"head {head_val})")
+            echo(f"fine-tuning a linear head warm-started from the probe (val {metric} {_shown(probe_val)} vs "
+                 f"searched head {_shown(head_val)})")
     return options
 
 
