@@ -21,7 +21,7 @@ from transferlab.backbones import load_backbone
 from transferlab.data import load_dataset
 from transferlab.features import FeatureCache, extract_features
 from transferlab.features.cache import content_hash
-from transferlab.features.extract import _collate, _ImageFiles
+from transferlab.features.extract import ImageFiles, collate_images
 
 DEMO = Path(__file__).resolve().parents[1] / "examples" / "fashion"
 
@@ -29,7 +29,7 @@ DEMO = Path(__file__).resolve().parents[1] / "examples" / "fashion"
 def naive_fp32(backbone, paths: list[Path], batch_size: int, workers: int) -> float:
     """Images per second of a plain fp32 loop: decode, forward, pooled features to numpy."""
     loader = DataLoader(
-        _ImageFiles(paths, backbone.transform()), batch_size=batch_size, num_workers=workers, collate_fn=_collate
+        ImageFiles(paths, backbone.transform()), batch_size=batch_size, num_workers=workers, collate_fn=collate_images
     )
     model = backbone.model.to(memory_format=torch.contiguous_format)
     start = time.perf_counter()

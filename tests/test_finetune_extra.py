@@ -289,9 +289,10 @@ def test_torchrun_two_cpu_processes_one_writer(class_folder: Path, tiny_weights:
 
     from transferlab.fileio import read_json
 
-    torchrun = Path(sys.executable).with_name("torchrun")
+    scripts = Path(sys.executable).parent  # the venv's console scripts, whether or not it is on PATH
     command = [
-        str(torchrun), "--standalone", "--nproc_per_node", "2", "--no-python", "transferlab", "finetune",
+        str(scripts / "torchrun"), "--standalone", "--nproc_per_node", "2", "--no-python", str(scripts / "transferlab"),
+        "finetune",
         *_cli_data_options(class_folder, tiny_weights, tmp_path, "ddp"),
         "--epochs", "1", "--head-epochs", "1", "--unfreeze", "top:1", "--no-lp-init",
     ]  # fmt: skip

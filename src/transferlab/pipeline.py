@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from transferlab.advice import Advice, advise
 from transferlab.backbones import DEFAULT_BACKBONE, load_backbone
 from transferlab.backbones.model import HEAD, Backbone
 from transferlab.data import ImageDataset, Problem, load_dataset, make_split, stratified_subset
@@ -74,6 +75,7 @@ class RunResult:
     config: RunConfig
     record: dict[str, Any] = field(default_factory=dict)
     stage_test_metrics: dict[str, dict[str, Any]] = field(default_factory=dict)
+    advice: list[Advice] = field(default_factory=list)
 
     @property
     def report_path(self) -> Path:
@@ -289,6 +291,7 @@ def run(
     )
     result.stage_test_metrics = {stage: values for stage, values in stage_metrics.items() if values}
     run_dir.write_json("process.json", process_facts())
-    write_report(run_dir.path)
+    result.advice = advise(run_dir.path)
+    write_report(run_dir.path, result.advice)
     return result
 

@@ -26,6 +26,7 @@ def handle(args: argparse.Namespace) -> None:
     from transferlab.record.runfiles import resolve_run
 
     run_path = resolve_run(args.run, args.runs_dir)
-    report = write_report(run_path)
-    print(format_advice(advise(run_path)))
+    advice = advise(run_path)
+    report = write_report(run_path, advice)
+    print(format_advice(advice))
     print(f"report: {report}")

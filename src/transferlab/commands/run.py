@@ -59,7 +59,7 @@ def stage_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def handle(args: argparse.Namespace) -> None:
-    from transferlab.advice import advise, format_advice
+    from transferlab.advice import format_advice
     from transferlab.pipeline import run
 
     result = run(args.data, **run_kwargs(args), **stage_kwargs(args))
@@ -67,6 +67,6 @@ def handle(args: argparse.Namespace) -> None:
     speed = f", {extraction['images_per_second']:.1f} img/s" if extraction["images_per_second"] else ""
     print(f"features: {extraction['computed']} computed, {extraction['cached']} from cache{speed}")
     print(result.summary())
-    print(format_advice(advise(result.run_dir)))
+    print(format_advice(result.advice))
     print(f"run directory: {result.run_dir}")
     print(f"report: {result.report_path}")

@@ -92,7 +92,7 @@ def _check_usable(dataset: ImageDataset, source: Path) -> None:
         raise TransferlabError(f"{source}: no image carries any label")
 
 
-def _walk_files(folder: Path) -> list[Path]:
+def walk_files(folder: Path) -> list[Path]:
     """All non-hidden files below ``folder`` in a stable order; directory symlinks are not followed (no loops)."""
     found: list[Path] = []
     for directory, subdirs, files in os.walk(folder, followlinks=False):
@@ -110,7 +110,7 @@ def _from_folders(root: Path) -> ImageDataset:
     paths: list[str] = []
     labels: list[int] = []
     for class_dir in class_dirs:
-        files = _walk_files(class_dir)
+        files = walk_files(class_dir)
         images = [f for f in files if is_image_name(f.name)]
         ignored = len(files) - len(images)
         if ignored:

@@ -32,7 +32,7 @@ def shard_size() -> int:
     return int(value) if value.isdigit() and int(value) > 0 else SHARD_SIZE
 
 
-class _ImageFiles(Dataset):
+class ImageFiles(Dataset):
     """Decoded, preprocessed images; a failure yields an empty tensor and the reason instead of raising."""
 
     def __init__(self, paths: list[Path], transform: Callable) -> None:
@@ -49,9 +49,10 @@ class _ImageFiles(Dataset):
             return index, torch.empty(0), error.reason
 
 
-def _collate(
+def collate_images(
     batch: list[tuple[int, torch.Tensor, str]],
 ) -> tuple[list[int], torch.Tensor | None, list[tuple[int, str]]]:
+    """Stack the decodable images of an :class:`ImageFiles` batch; return their indices and the failures apart."""
     good = [(i, t) for i, t, reason in batch if not reason]
     failed = [(i, reason) for i, _, reason in batch if reason]
     images = torch.stack([t for _, t in good]) if good else None
@@ -116,10 +117,10 @@ def extract_features(
         return report
     workers = min(2, max(0, (os.cpu_count() or 1) - 1)) if workers is None else workers
     loader = DataLoader(
-        _ImageFiles([paths[i] for i in todo], backbone.transform()),
+        ImageFiles([paths[i] for i in todo], backbone.transform()),
         batch_size=batch_size,
         num_workers=workers,
-        collate_fn=_collate,
+        collate_fn=collate_images,
     )
     model = backbone.model.to(memory_format=torch.channels_last)
     pending_digests: list[str] = []

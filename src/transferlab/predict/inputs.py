@@ -10,7 +10,7 @@ import csv
 from collections.abc import Sequence
 from pathlib import Path
 
-from transferlab.data.dataset import Problem, _walk_files
+from transferlab.data.dataset import Problem, walk_files
 from transferlab.data.images import is_image_name
 from transferlab.errors import TransferlabError
 
@@ -36,7 +36,7 @@ def collect_inputs(items: Sequence[str | Path]) -> tuple[list[Path], list[Proble
     problems: list[Problem] = []
     for item in map(Path, items):
         if item.is_dir():
-            paths += [path for path in _walk_files(item) if is_image_name(path.name)]
+            paths += [path for path in walk_files(item) if is_image_name(path.name)]
         elif item.suffix.lower() == ".csv" and item.is_file():
             paths += _csv_paths(item)
         elif item.exists():

@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader
 from transferlab.data.dataset import Problem, printable
 from transferlab.errors import TransferlabError
 from transferlab.export.onnx import INPUT_NAME, MODEL_FILE, OUTPUT_NAME, PREPROCESSING_FILE, onnx_session
-from transferlab.features.extract import _collate, _ImageFiles
+from transferlab.features.extract import ImageFiles, collate_images
 from transferlab.fileio import atomic_write_text, read_json
 from transferlab.model import load_run_model
 from transferlab.model.load import make_transform
@@ -104,10 +104,10 @@ def predict_paths(
     """Score every decodable image; undecodable ones are skipped with the loader's reason."""
     files = [Path(p) for p in paths]
     loader = DataLoader(
-        _ImageFiles(files, make_transform(predictor.preprocessing)),
+        ImageFiles(files, make_transform(predictor.preprocessing)),
         batch_size=batch_size,
         num_workers=workers,
-        collate_fn=_collate,
+        collate_fn=collate_images,
     )
     kept: list[int] = []
     parts: list[np.ndarray] = []

@@ -219,13 +219,14 @@ def render_report(context: dict[str, Any]) -> str:
     return environment.get_template("report.html").render(**context)
 
 
-def write_report(run_path: Path) -> Path:
-    """Compute the advice (``advice.json``) and render ``report.html`` from the files in ``run_path``.
+def write_report(run_path: Path, advice: list[Advice] | None = None) -> Path:
+    """Render ``report.html`` from the files in ``run_path``, with ``advice`` (computed and written to
+    ``advice.json`` here when not given; callers that also print the advice pass it, so it is computed once).
 
     Every stage writes its own files; the report reads whatever is there, so re-rendering after a later stage
     (search, fine-tuning, ranking) needs nothing but the directory.
     """
     run_path = Path(run_path)
-    advice = advise(run_path)
+    advice = advise(run_path) if advice is None else advice
     atomic_write_text(run_path / "report.html", render_report(report_context(load_run(run_path), advice)))
     return run_path / "report.html"
