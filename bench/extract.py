@@ -43,8 +43,9 @@ def ours(backbone, paths: list[Path], batch_size: int, workers: int) -> tuple[fl
     digests = [content_hash(path) for path in paths]
     with tempfile.TemporaryDirectory() as cache_dir:
         cache = FeatureCache(Path(cache_dir), backbone.identity())
-        report = extract_features(backbone, paths, digests, cache, batch_size=batch_size, workers=workers,
-                                  progress=False)
+        report = extract_features(
+            backbone, paths, digests, cache, batch_size=batch_size, workers=workers, progress=False
+        )
     return len(paths) / report.seconds, report.precision
 
 
@@ -70,8 +71,10 @@ def main() -> None:
         our_rates.append(rate)
     naive, fast = max(naive_rates), max(our_rates)
     size = backbone.data_config["input_size"][-1]
-    print(f"{args.backbone} at {size} px, {len(paths)} images, batch {args.batch_size}, "
-          f"{torch.get_num_threads()} threads, {args.workers} decode worker(s), best of {args.rounds} rounds")
+    print(
+        f"{args.backbone} at {size} px, {len(paths)} images, batch {args.batch_size}, "
+        f"{torch.get_num_threads()} threads, {args.workers} decode worker(s), best of {args.rounds} rounds"
+    )
     print(f"naive fp32 loop:      {naive:7.1f} img/s")
     print(f"transferlab ({precision}): {fast:7.1f} img/s (includes writing the feature cache)")
     print(f"ratio: {fast / naive:.2f}x")

@@ -291,6 +291,7 @@ def _add_stages(run: Path, classes: list[str]) -> None:
     )
     Image.new("RGB", (64, 32), (200, 100, 50)).save(run / "augmentation_preview.png")
 
+
 # Every report section id, in page order; a fully populated run shows all of them.
 ALL_SECTIONS = (
     "advice",

@@ -47,8 +47,9 @@ def test_cache_reuse_skips_the_forward_pass(tmp_path: Path, tiny_weights: Path, 
     backbone = load_backbone("test_efficientnet", tiny_weights, image_size=32)
     paths = _files(tmp_path / "img")
     digests = [content_hash(p) for p in paths]
-    first = extract_features(backbone, paths, digests, FeatureCache(tmp_path / "c", backbone.identity()), workers=0,
-                             progress=False)
+    first = extract_features(
+        backbone, paths, digests, FeatureCache(tmp_path / "c", backbone.identity()), workers=0, progress=False
+    )
     assert first.computed == len(paths)
 
     def forbidden(*args, **kwargs):
@@ -98,7 +99,14 @@ def test_undecodable_images_are_reported_not_fatal(tmp_path: Path, tiny_weights:
     bad.write_text("not an image")
     paths.append(bad)
     digests = [content_hash(p) for p in paths]
-    report = extract_features(backbone, paths, digests, FeatureCache(tmp_path / "c", backbone.identity()),
-                              workers=0, progress=False, batch_size=2)
+    report = extract_features(
+        backbone,
+        paths,
+        digests,
+        FeatureCache(tmp_path / "c", backbone.identity()),
+        workers=0,
+        progress=False,
+        batch_size=2,
+    )
     assert report.computed == 3
     assert list(report.failed) == [str(bad)]

@@ -7,6 +7,7 @@ import torch
 
 from transferlab.errors import TransferlabError
 from transferlab.heads import HeadSpec, build_head, cost_warning, head_cost
+from transferlab.heads.build import Dropout
 
 SEED_CONV = HeadSpec(pooling="conv1x1", conv_channels=448, extra_maxpool=True, conv_pooling="avg", widths=(112,))
 SEED_FLATTEN = HeadSpec(pooling="flatten", widths=(2500, 500, 100))
@@ -76,3 +77,17 @@ def test_pooled_vectors_give_same_logits_as_maps_for_average_pooling() -> None:
 def test_invalid_specs_are_user_errors(bad: dict) -> None:
     with pytest.raises(TransferlabError, match="head spec"):
         HeadSpec.from_dict(bad)
+
+
+def test_dropout_drops_p_of_units_keeps_the_mean_and_is_identity_in_eval() -> None:
+    torch.manual_seed(0)
+    dropout = Dropout(0.3)
+    x = torch.ones(400, 500, requires_grad=True)
+    y = dropout(x)
+    dropped = (y == 0).float().mean().item()
+    assert abs(dropped - 0.3) < 0.01
+    assert abs(y.mean().item() - 1.0) < 0.02  # inverted scaling keeps the expectation
+    y.sum().backward()
+    assert torch.equal(x.grad == 0, y == 0)  # no gradient through dropped units
+    dropout.eval()
+    assert torch.equal(dropout(x), x)

@@ -15,8 +15,17 @@ import transferlab
 from transferlab.cli import main
 
 RUN_FILES = {
-    "config.json", "environment.json", "record.json", "metrics.json", "timings.json", "split.csv", "problems.txt",
-    "probe.safetensors", "probe.json", "predictions.csv", "report.html",
+    "config.json",
+    "environment.json",
+    "record.json",
+    "metrics.json",
+    "timings.json",
+    "split.csv",
+    "problems.txt",
+    "probe.safetensors",
+    "probe.json",
+    "predictions.csv",
+    "report.html",
 }
 
 
@@ -61,9 +70,19 @@ def test_multilabel_run_on_the_demo_mosaics_scores_map(tiny_run_options: dict) -
 
 def _cli(tiny_run_options: dict, *args: str) -> list[str]:
     options = [
-        "--backbone", tiny_run_options["backbone"], "--weights", tiny_run_options["weights"],
-        "--image-size", str(tiny_run_options["image_size"]), "--cache-dir", tiny_run_options["cache_dir"],
-        "--runs-dir", tiny_run_options["runs_dir"], "--workers", "0", "--no-progress",
+        "--backbone",
+        tiny_run_options["backbone"],
+        "--weights",
+        tiny_run_options["weights"],
+        "--image-size",
+        str(tiny_run_options["image_size"]),
+        "--cache-dir",
+        tiny_run_options["cache_dir"],
+        "--runs-dir",
+        tiny_run_options["runs_dir"],
+        "--workers",
+        "0",
+        "--no-progress",
     ]
     return [*args, *options]
 
@@ -123,8 +142,20 @@ def test_every_command_has_help(command: str, capsys) -> None:
 def test_run_with_backbones_ranks_first_and_continues_with_the_choice(
     class_folder: Path, tiny_run_options: dict, capsys
 ) -> None:
-    assert main(_cli(tiny_run_options, "run", str(class_folder), "--name", "ranked",
-                     "--backbones", "test_efficientnet,resnet18")) == 0
+    assert (
+        main(
+            _cli(
+                tiny_run_options,
+                "run",
+                str(class_folder),
+                "--name",
+                "ranked",
+                "--backbones",
+                "test_efficientnet,resnet18",
+            )
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "resnet18: unavailable" in out
     run_dir = Path(tiny_run_options["runs_dir"]) / "ranked"
@@ -137,9 +168,26 @@ def test_run_with_backbones_ranks_first_and_continues_with_the_choice(
 def test_run_all_stages_records_each_and_predicts_with_the_final_model(
     class_folder: Path, tiny_run_options: dict, capsys
 ) -> None:
-    args = _cli(tiny_run_options, "run", str(class_folder), "--name", "full", "--trials", "3", "--fractions", "0.5,1",
-                "--finetune", "--epochs", "1", "--head-epochs", "1", "--unfreeze", "top:1", "--finetune-image-size",
-                "32")
+    args = _cli(
+        tiny_run_options,
+        "run",
+        str(class_folder),
+        "--name",
+        "full",
+        "--trials",
+        "3",
+        "--fractions",
+        "0.5,1",
+        "--finetune",
+        "--epochs",
+        "1",
+        "--head-epochs",
+        "1",
+        "--unfreeze",
+        "top:1",
+        "--finetune-image-size",
+        "32",
+    )
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "test split by stage:" in out and "fine-tune" in out and "head search" in out

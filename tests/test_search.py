@@ -10,6 +10,7 @@ import pytest
 from conftest import TINY_BACKBONE, TINY_SIZE, make_class_folder
 
 from transferlab.cli import main
+from transferlab.errors import TransferlabError
 from transferlab.features.maps import MAP_SIZE, cached_maps
 from transferlab.heads import HeadSpec
 from transferlab.pipeline import PreparedData, RunConfig, prepare
@@ -59,6 +60,23 @@ def test_same_seed_same_trials(prepared: PreparedData, tmp_path: Path) -> None:
     ]
 
 
+def test_local_workers_share_the_study_and_run_every_trial_once(prepared: PreparedData, tmp_path: Path) -> None:
+    lines: list[str] = []
+    search_heads(prepared, tmp_path / "run", trials=10, seed=3, jobs=2, echo=lines.append)
+    record = json.loads((tmp_path / "run" / "search.json").read_text())
+    assert record["jobs"] == 2 and record["n_trials"] == 10
+    assert sorted(t["number"] for t in record["trials"]) == list(range(10))
+    trial_lines = [line for line in lines if "trial" in line]
+    assert len(trial_lines) == 10  # each trial reported once, by whichever process ran it
+    assert any(line.startswith("[1] trial") for line in trial_lines), "the forked worker ran no trial"
+    assert any(line.startswith("trial") for line in trial_lines), "the calling process ran no trial"
+
+
+def test_jobs_below_one_is_a_user_error(prepared: PreparedData, tmp_path: Path) -> None:
+    with pytest.raises(TransferlabError, match="--jobs must be >= 1"):
+        search_heads(prepared, tmp_path / "run", trials=1, jobs=0, echo=lambda _: None)
+
+
 def test_fraction_curve_grows_nested_subsets(prepared: PreparedData) -> None:
     params = {"pooling": "avg", "n_layers": 0, "dropout": 0.0, "lr": 0.01, "weight_decay": 1e-4}
     curve = fraction_curve(prepared, {**params, "batch_size": 32, "epochs": 10}, [1, 0.25, 0.5], seed=0)
@@ -81,6 +99,10 @@ def test_cli_search_writes_search_and_fractions(tiny_run_options: dict, class_fo
     assert "plain probe" in capsys.readouterr().out
     assert main([*argv[:-4], "--fractions", "0,2", "--name", "s"]) == 2
     assert "--fractions must lie in (0, 1]" in capsys.readouterr().err
+    # the same command with a larger budget extends the study instead of refusing it as another configuration
+    more = [*argv[:-6], "--trials", "3", "--name", "s"]
+    assert main(more) == 0, capsys.readouterr().err
+    assert json.loads((run_dir / "search.json").read_text())["n_trials"] == 3
 
 
 def test_worker_on_unknown_study_is_a_user_error(tmp_path: Path, capsys) -> None:

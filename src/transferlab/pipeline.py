@@ -26,8 +26,9 @@ from transferlab.features.cache import content_hash
 from transferlab.features.extract import ExtractionReport
 from transferlab.probe import fit_probe
 from transferlab.probe.metrics import headline
-from transferlab.record import RunDir, environment, write_report
+from transferlab.record import RunDir, environment
 from transferlab.record.predictions import prediction_rows, write_predictions
+from transferlab.record.report import write_report
 from transferlab.record.rundir import default_run_name, process_facts
 from transferlab.record.saved_probe import save_probe
 from transferlab.stages import finetune_options, finetune_stage, search_stage
@@ -53,6 +54,7 @@ class RunConfig:
     backbones: list[str] | None = None
     trials: int = 0
     search_timeout: float | None = None
+    search_jobs: int = 1
     fractions: list[float] | None = None
     finetune: dict[str, Any] | None = None
 
@@ -294,4 +296,3 @@ def run(
     result.advice = advise(run_dir.path)
     write_report(run_dir.path, result.advice)
     return result
-

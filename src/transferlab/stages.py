@@ -44,6 +44,7 @@ def search_stage(
         run_path,
         trials=config.trials,
         timeout=config.search_timeout,
+        jobs=config.search_jobs,
         seed=config.seed,
         probe_test_metrics=None if probe is None else probe.metrics.get("test", {}),
         echo=echo,
@@ -78,11 +79,14 @@ def finetune_options(
         head_val = searched.record["best"].get("val_metric")
         if head_val is not None and (probe_val is None or head_val > probe_val):
             options.head_spec = searched.best_spec
-            echo(f"fine-tuning the searched head (val {metric} {_shown(head_val)} beats the probe's "
-                 f"{_shown(probe_val)})")
+            echo(
+                f"fine-tuning the searched head (val {metric} {_shown(head_val)} beats the probe's {_shown(probe_val)})"
+            )
         else:
-            echo(f"fine-tuning a linear head warm-started from the probe (val {metric} {_shown(probe_val)} vs "
-                 f"searched head {_shown(head_val)})")
+            echo(
+                f"fine-tuning a linear head warm-started from the probe (val {metric} {_shown(probe_val)} vs "
+                f"searched head {_shown(head_val)})"
+            )
     return options
 
 

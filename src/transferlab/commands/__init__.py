@@ -3,5 +3,18 @@
 Adding a command = adding a module here and its name to ``COMMAND_MODULES``; the CLI core never changes.
 """
 
-COMMAND_MODULES = ("run", "search", "backbones", "info", "rank", "export", "predict",
-                   "runs", "compare", "rerun", "report", "finetune", "lr_find")
+COMMAND_MODULES = (
+    "run",
+    "search",
+    "backbones",
+    "info",
+    "rank",
+    "export",
+    "predict",
+    "runs",
+    "compare",
+    "rerun",
+    "report",
+    "finetune",
+    "lr_find",
+)

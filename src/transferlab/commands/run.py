@@ -28,6 +28,13 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     stages.add_argument("--trials", type=int, default=0, help="head-search trials on cached features (default 0: off)")
     stages.add_argument("--timeout", type=float, help="stop starting new search trials after this many seconds")
+    stages.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="processes running trials side by side, one core each (default 1: the trial sequence replays exactly "
+        "from --seed; N > 1 finishes about N times sooner, in a timing-dependent order)",
+    )
     stages.add_argument("--fractions", help="learning curve of the best head over data fractions, e.g. 0.25,0.5,1")
     stages.add_argument("--finetune", action="store_true", help="fine-tune as the last stage (options below)")
     add_finetune_options(run)
@@ -53,6 +60,7 @@ def stage_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         "backbones": args.backbones.split(",") if args.backbones else None,
         "trials": args.trials,
         "search_timeout": args.timeout,
+        "search_jobs": args.jobs,
         "fractions": parse_fractions(args.fractions) if args.fractions else None,
         "finetune": finetune_options(args).result_affecting() if args.finetune else None,
     }

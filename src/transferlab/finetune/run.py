@@ -174,8 +174,10 @@ def finetune(
     if lp_init and data_config["input_size"][-1] != feature_size:
         # The probe learnt features of feature_size-pixel inputs; at another resolution the same weights start the
         # head off target (first-epoch loss above the sanity limit), which no LR restart can repair.
-        echo(f"probe warm start skipped: the probe saw {feature_size} px features, fine-tuning runs at "
-             f"{data_config['input_size'][-1]} px")
+        echo(
+            f"probe warm start skipped: the probe saw {feature_size} px features, fine-tuning runs at "
+            f"{data_config['input_size'][-1]} px"
+        )
         lp_init = False
     if lp_init:
         probe = probe or fit_probe(prepared.features(), prepared.targets(), classes, seed=options.seed)

@@ -63,6 +63,20 @@ def cost_warning(params: int, n_train: int) -> str | None:
     )
 
 
+class Dropout(nn.Dropout):
+    """Inverted dropout with the mask drawn as ``uniform >= p``: the same distribution as ``nn.Dropout``, 3-4x faster.
+
+    On CPU torch draws dropout's Bernoulli mask per element through a slow path (2.0 ms for a 128×1280 batch, vs
+    0.56 ms for ``torch.rand``); in head search on cached features dropout was the largest single cost (6 of 27 s).
+    Identity in eval mode, so exported models are unchanged.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0:
+            return x
+        return x * torch.rand_like(x).ge_(self.p).div_(1 - self.p)
+
+
 class Head(nn.Module):
     """Map (N, C, H, W) → logits; also accepts a pooled (N, C) vector when the spec's pooling is global average."""
 
@@ -78,13 +92,13 @@ class Head(nn.Module):
         if spec.extra_maxpool:
             reduce.append(nn.MaxPool2d(2, ceil_mode=True))
         self.reduce = nn.Sequential(*reduce)
-        layers: list[nn.Module] = [nn.Dropout(spec.dropout)] if spec.dropout else []
+        layers: list[nn.Module] = [Dropout(spec.dropout)] if spec.dropout else []
         width = pooled_dim(spec, in_channels, spatial)
         for hidden in spec.widths:
             layers.append(nn.Linear(width, hidden))
             layers += [nn.BatchNorm1d(hidden)] if spec.batchnorm else []
             layers.append(activation())
-            layers += [nn.Dropout(spec.dropout)] if spec.dropout else []
+            layers += [Dropout(spec.dropout)] if spec.dropout else []
             width = hidden
         layers.append(nn.Linear(width, n_outputs))
         self.dense = nn.Sequential(*layers)

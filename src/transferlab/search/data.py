@@ -7,12 +7,15 @@ no backbone forward, no DataLoader.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from transferlab.heads import HeadSpec
-from transferlab.pipeline import PreparedData
+
+if TYPE_CHECKING:
+    from transferlab.pipeline import PreparedData
 
 
 def _standardize(train: np.ndarray, *others: np.ndarray) -> list[torch.Tensor]:

@@ -17,6 +17,7 @@ from transferlab.heads import HeadSpec, cost_warning, head_cost
 from transferlab.pipeline import PreparedData, prepare
 from transferlab.probe import fit_probe
 from transferlab.search.data import HeadData
+from transferlab.search.parallel import local_workers
 from transferlab.search.space import decode
 from transferlab.search.study import (
     DIRECTION,
@@ -124,6 +125,7 @@ def search_heads(
     study_name: str | None = None,
     seed: int = 0,
     maps: bool = False,
+    jobs: int = 1,
     probe_test_metrics: dict[str, Any] | None = None,
     echo: Callable[[str], None] = print,
 ) -> SearchOutcome:
@@ -132,9 +134,14 @@ def search_heads(
     ``probe_test_metrics``: the plain probe's test metrics when the caller has fitted it already (``run`` has),
     so it is not fitted twice.
 
+    ``jobs``: processes working on the study here (this one plus ``jobs - 1`` local workers); each trial uses one
+    core. With ``jobs > 1`` the trial sequence depends on timing, so only ``jobs=1`` replays exactly from the seed.
+
     ``maps`` also offers heads that need spatial maps (max / avg+max / conv1x1 pooling); their maps are cached once.
     Writes ``<run_dir>/search.json``; the study itself lives in ``storage`` (default SQLite in the run directory).
     """
+    if jobs < 1:
+        raise TransferlabError(f"--jobs must be >= 1, got {jobs}")
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     storage = storage or default_storage(run_dir)
@@ -144,7 +151,9 @@ def search_heads(
         prepared, trials=trials, storage=storage, study_name=study_name, seed=seed, maps=maps
     )
     started = time.perf_counter()
-    run_queued_trials(study, backend, data, seed=seed, maps=maps, timeout=timeout, echo=echo)
+    with local_workers(jobs - 1, study_name, storage, data, seed=seed, maps=maps, timeout=timeout, echo=echo):
+        run_queued_trials(study, backend, data, seed=seed, maps=maps, timeout=timeout, echo=echo)
+    search_seconds = time.perf_counter() - started
     running = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)))
     if running:
         echo(f"{running} trial(s) still running on other workers; rerun the same command later to include them")
@@ -166,7 +175,9 @@ def search_heads(
         "objective": "val_loss",
         "metric": data.metric,
         "n_trials": len(study.get_trials(deepcopy=False, states=FINISHED)),
-        "search_seconds": time.perf_counter() - started,
+        "jobs": jobs,
+        "search_seconds": search_seconds,
+        "refit_seconds": time.perf_counter() - started - search_seconds,
         "best": {
             "number": best.number,
             "value": best.value,

@@ -112,7 +112,7 @@ def _train(
     generator = torch.Generator().manual_seed(seed)
     inputs = data.inputs(spec)
     head = build_head(spec, data.in_channels, data.spatial, len(data.classes))
-    optimizer = torch.optim.AdamW(head.parameters(), lr=params.lr, weight_decay=params.weight_decay, foreach=True)
+    optimizer = torch.optim.AdamW(head.parameters(), lr=params.lr, weight_decay=params.weight_decay, fused=True)
     loss_fn = _loss_fn(data.multilabel)
     x_train, y_train = inputs["train"], _target(data.y["train"], data.multilabel)
     x_val, y_val = inputs["val"], _target(data.y["val"], data.multilabel)
