@@ -11,4 +11,4 @@ bash scripts/setup.sh
 name="demo-$(date -u +%Y%m%d-%H%M%S)"
 transferlab run examples/fashion --name "$name" --image-size 112 \
     --backbones tf_efficientnet_lite0,tf_efficientnet_lite1 --trials 30 --fractions 0.25,0.5,1 \
-    --finetune --unfreeze top:3 --epochs 3 "$@"
+    --finetune --unfreeze top:3 --epochs 8 "$@"

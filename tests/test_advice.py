@@ -127,6 +127,12 @@ def test_rule_fires_on_its_evidence_and_cites_it(rule) -> None:
     assert not cited or any(f"{value:g}"[:4] in message.replace(",", "") for value in cited), message
 
 
+def test_underfitting_is_silent_when_train_was_measured_under_augmentation() -> None:
+    rule = next(rule for rule in RULES if rule.id == "underfitting")
+    facts = {"train_metric": 0.70, "val_metric": 0.825, "curve_source": "fine-tuning", "metric_name": "accuracy"}
+    assert not rule.applies({**facts, "gap": -0.125})
+
+
 @pytest.mark.parametrize("rule", RULES, ids=lambda rule: rule.id)
 def test_rule_is_silent_without_its_evidence(rule) -> None:
     assert not rule.applies({})

@@ -34,6 +34,7 @@ from transferlab.finetune.engine import EarlyStopping
 from transferlab.heads import HeadSpec
 from transferlab.model import load_run_model
 from transferlab.pipeline import RunConfig, prepare
+from transferlab.search import search_heads
 
 QUICK = {"augment": "none", "batch_size": 8, "head_epochs": 1, "epochs": 1, "unfreeze": "top:1", "lp_init": False}
 
@@ -186,7 +187,8 @@ def test_finetune_writes_record_model_and_preview(prepared, tmp_path: Path) -> N
     head, top = record["stages"]
     assert head["trainable_blocks"] == [] and top["trainable_blocks"] == ["conv_head+bn2"]
     assert "conv_head+bn2" in head["frozen_blocks"] and "FrozenBatchNorm2d" in top["bn_policy"]
-    assert top["lr_backbone"] == pytest.approx(top["lr_head"] / 10)
+    # once the head stage has trained the head, it moves at the backbone's LR (10x below the head stage's)
+    assert top["lr_head"] == top["lr_backbone"] == pytest.approx(head["lr_head"] / 10)
     for stage in record["stages"]:  # restore-best: the kept weights are the best epoch's (0 = stage start)
         curve = [stage["start_val_metric"], *(h["val_metric"] for h in stage["history"])]
         assert stage["best_val_metric"] == max(curve) == curve[stage["best_epoch"]]
@@ -351,3 +353,17 @@ def test_probe_warm_start_is_skipped_when_fine_tuning_at_another_resolution(prep
     outcome = finetune(prepared, tmp_path / "run", options, echo=said.append)
     assert not outcome.lp_init
     assert any("probe warm start skipped" in line and f"{TINY_SIZE // 2} px" in line for line in said)
+
+
+def test_fine_tuning_starts_from_the_searched_head_weights(prepared, tmp_path: Path) -> None:
+    searched = search_heads(prepared, tmp_path / "search", trials=2, seed=0, echo=lambda _: None)
+    options = FinetuneOptions(**(QUICK | {"head_spec": searched.best_spec}))
+    outcome = finetune(prepared, tmp_path / "run", options, echo=lambda _: None, head_init=searched.head)
+    record = json.loads((tmp_path / "run" / "finetune.json").read_text())
+    assert record["head_init"] == "searched head" and not record["lp_init"]
+    # epoch 0 of the first stage is the searched head itself (up to bf16 vs fp32 features: one image at most)
+    searched_val = searched.record["best"]["val_metric"]
+    assert abs(outcome.stages[0]["start_val_metric"] - searched_val) <= 1 / len(prepared.split_paths("val")) + 1e-9
+    other = HeadSpec(widths=(7,))
+    with pytest.raises(TransferlabError, match="head_init is a"):
+        finetune(prepared, tmp_path / "bad", FinetuneOptions(**(QUICK | {"head_spec": other})), head_init=searched.head)

@@ -3,19 +3,25 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import numpy as np
+import optuna
 import pytest
+import torch
 from conftest import TINY_BACKBONE, TINY_SIZE, make_class_folder
 
 from transferlab.cli import main
 from transferlab.errors import TransferlabError
 from transferlab.features.maps import MAP_SIZE, cached_maps
-from transferlab.heads import HeadSpec
+from transferlab.heads import HeadSpec, build_head
 from transferlab.pipeline import PreparedData, RunConfig, prepare
 from transferlab.search import fraction_curve, search_heads
-from transferlab.search.space import decode
+from transferlab.search import study as study_module
+from transferlab.search.data import HeadData
+from transferlab.search.space import decode, suggest
+from transferlab.search.train import TrainParams, train_head
 
 
 @pytest.fixture(scope="module")
@@ -70,6 +76,44 @@ def test_local_workers_share_the_study_and_run_every_trial_once(prepared: Prepar
     assert len(trial_lines) == 10  # each trial reported once, by whichever process ran it
     assert any(line.startswith("[1] trial") for line in trial_lines), "the forked worker ran no trial"
     assert any(line.startswith("trial") for line in trial_lines), "the calling process ran no trial"
+
+
+def test_winner_rewritten_for_raw_features_gives_the_same_logits(prepared: PreparedData) -> None:
+    data = HeadData.from_prepared(prepared)
+    spec = HeadSpec(widths=(16,), dropout=0.2, batchnorm=True)
+    trained = train_head(spec, TrainParams(epochs=3), data)
+    raw_head = data.on_raw_features(trained.head)
+    raw = torch.from_numpy(prepared.features()["val"])
+    with torch.no_grad():
+        expected = trained.head.eval()(data.pooled["val"])
+        np.testing.assert_allclose(raw_head.eval()(raw).numpy(), expected.numpy(), rtol=1e-4, atol=1e-4)
+    assert not torch.equal(raw_head.dense[1].weight, trained.head.dense[1].weight)  # a copy, the original intact
+    assert data.on_raw_features(build_head(HeadSpec(pooling="max"), data.in_channels, 1, 2)) is None
+
+
+def test_trial_of_a_killed_worker_is_failed_and_rerun_with_its_params(
+    prepared: PreparedData, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(study_module, "HEARTBEAT_SECONDS", 1)
+    monkeypatch.setattr(study_module, "STALE_AFTER_SECONDS", 2)
+    storage_url = f"sqlite:///{tmp_path / 'study.db'}"
+    study, storage = study_module.create_search_study(
+        prepared, trials=3, storage=storage_url, study_name="killed", seed=0
+    )
+    # what a SIGKILLed worker leaves behind: a claimed trial with parameters and a heartbeat, never finished
+    claimed = study_module._claim(storage, storage.get_study_id_from_name("killed"))
+    suggest(optuna.Trial(study, claimed), maps=False, multilabel=False)
+    storage.record_heartbeat(claimed)
+    time.sleep(3)
+    data = HeadData.from_prepared(prepared)
+    ran = study_module.run_queued_trials(study, storage, data, seed=0, maps=False, echo=lambda _: None)
+    trials = study.get_trials(deepcopy=False)
+    dead = storage.get_trial(claimed)
+    assert dead.state == optuna.trial.TrialState.FAIL
+    retries = [t for t in trials if t.system_attrs.get("failed_trial") == dead.number]
+    assert len(retries) == 1 and retries[0].params == dead.params and retries[0].state in study_module.FINISHED
+    assert ran == 3  # two never-started trials plus the retry
+    assert all(t.state in study_module.FINISHED for t in trials)
 
 
 def test_jobs_below_one_is_a_user_error(prepared: PreparedData, tmp_path: Path) -> None:

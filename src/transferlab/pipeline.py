@@ -284,7 +284,7 @@ def run(
         stage_metrics["head search"] = searched.test_metrics
     if config.finetune is not None:
         options = finetune_options(config, searched, probe, echo)
-        stage_metrics["fine-tune"], rows = finetune_stage(prepared, run_dir.path, options, probe, echo)
+        stage_metrics["fine-tune"], rows = finetune_stage(prepared, run_dir.path, options, probe, searched, echo)
     write_predictions(run_dir, rows, dataset.classes)
     timings["total_seconds"] = time.perf_counter() - started
     run_dir.write_json("timings.json", {**timings, "extraction": extraction_record})

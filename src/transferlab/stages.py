@@ -80,7 +80,8 @@ def finetune_options(
         if head_val is not None and (probe_val is None or head_val > probe_val):
             options.head_spec = searched.best_spec
             echo(
-                f"fine-tuning the searched head (val {metric} {_shown(head_val)} beats the probe's {_shown(probe_val)})"
+                f"fine-tuning the searched head from its trained weights (val {metric} {_shown(head_val)} beats the "
+                f"probe's {_shown(probe_val)})"
             )
         else:
             echo(
@@ -95,12 +96,17 @@ def finetune_stage(
     run_path: Path,
     options: FinetuneOptions,
     probe: ProbeResult,
+    searched: SearchOutcome | None,
     echo: Callable[[str], None],
 ) -> tuple[dict[str, Any], list[list[str]]]:
-    """Fine-tune; returns the test metrics and the final model's ``predictions.csv`` rows."""
+    """Fine-tune; returns the test metrics and the final model's ``predictions.csv`` rows.
+
+    When the searched head is the one being fine-tuned, training starts from its trained weights.
+    """
     from transferlab.finetune import finetune
 
-    outcome = finetune(prepared, run_path, options, echo=echo, probe=probe)
+    head_init = searched.head if searched is not None and options.head_spec == searched.best_spec else None
+    outcome = finetune(prepared, run_path, options, echo=echo, probe=probe, head_init=head_init)
     thresholds = None if outcome.thresholds is None else np.asarray(outcome.thresholds)
     targets = prepared.targets()
     rows: list[list[str]] = []

@@ -16,10 +16,14 @@ Facts = dict[str, Any]
 
 
 def training_curve(run: RunFiles) -> tuple[str, list[dict[str, Any]], str] | None:
-    """(source, per-epoch history, metric name) of the final trained head: last fine-tuning stage, else the best
-    search trial."""
-    stages = (run.finetune or {}).get("stages") or []
-    if stages and stages[-1].get("history"):
+    """(source, per-epoch history, metric name) of the final trained head: the last fine-tuning stage whose weights
+    were kept, else the best search trial.
+
+    A stage that never beat its starting point on validation (best epoch 0) handed on its start unchanged, so its
+    curve describes weights the model does not have.
+    """
+    stages = [s for s in (run.finetune or {}).get("stages") or [] if s.get("history") and s.get("best_epoch", 1) > 0]
+    if stages:
         name = stages[-1].get("name", len(stages))
         return f"fine-tuning stage '{name}'", stages[-1]["history"], run.finetune.get("metric") or "metric"
     search = run.search or {}

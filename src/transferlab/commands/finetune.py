@@ -28,12 +28,23 @@ def add_finetune_options(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--stages", type=int, default=1, help="unfreezing steps after the head-only stage (default 1)")
     group.add_argument("--epochs", type=int, default=5, help="maximum epochs per unfreezing stage (default 5)")
-    group.add_argument("--head-epochs", type=int, default=3, help="epochs of the head-only stage (0 skips it)")
-    group.add_argument("--lr", type=float, default=1e-3, help="head learning rate (AdamW; default 1e-3)")
+    group.add_argument(
+        "--head-epochs",
+        type=int,
+        help="epochs of the head-only stage (0 skips it; default 3 for a new head, 0 for a head warm-started from "
+        "the probe or the head search, which trained it already)",
+    )
+    group.add_argument(
+        "--lr",
+        type=float,
+        default=1e-3,
+        help="head learning rate (AdamW; default 1e-3); once the head is trained (warm start or head stage) it "
+        "moves at the backbone LR in unfreezing stages",
+    )
     group.add_argument("--backbone-lr-ratio", type=float, default=0.1, help="backbone LR / head LR (default 0.1)")
     group.add_argument("--layer-decay", type=float, help="multiply the backbone LR by this per unit going down")
     group.add_argument("--weight-decay", type=float, default=0.01)
-    group.add_argument("--patience", type=int, default=2, help="early-stopping patience in epochs (default 2)")
+    group.add_argument("--patience", type=int, default=3, help="early-stopping patience in epochs (default 3)")
     group.add_argument("--finetune-image-size", type=int, help="training resolution (default: the backbone's)")
     group.add_argument(
         "--augment",

@@ -32,7 +32,7 @@ from transferlab.finetune.data import LabelledImages, evaluation_loader, loss_fu
 from transferlab.finetune.distributed import Distributed, from_environment
 from transferlab.finetune.engine import StagePlan, Trainer, TrainSettings
 from transferlab.finetune.network import FinetuneNet, build_network, init_from_probe, is_linear_head, saved_state
-from transferlab.heads import HeadSpec
+from transferlab.heads import Head, HeadSpec
 from transferlab.probe import fit_probe
 from transferlab.probe.linear import ProbeResult
 from transferlab.probe.metrics import classification_metrics, headline, tune_thresholds
@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from transferlab.pipeline import PreparedData
 
 CHECKPOINT = "finetune_checkpoint.safetensors"
+HEAD_EPOCHS = 3
 PREVIEW_IMAGES = 4
 
 
@@ -51,13 +52,13 @@ class FinetuneOptions:
     unfreeze: str = "top:3"
     stages: int = 1
     epochs: int = 5
-    head_epochs: int = 3
+    head_epochs: int | None = None  # None: HEAD_EPOCHS for a new head, 0 for a warm-started (already trained) one
     lr: float = 1e-3
     backbone_lr_ratio: float = 0.1
     layer_decay: float | None = None
     weight_decay: float = 0.01
     warmup: float = 0.1
-    patience: int = 2
+    patience: int = 3
     batch_size: int = 32
     image_size: int | None = None
     augment: str = "basic"
@@ -97,13 +98,22 @@ class FinetuneOutcome:
         return self.metrics.get("test", {})
 
 
-def plan_stages(units: list[Unit], target: list[Unit], options: FinetuneOptions) -> list[StagePlan]:
-    """Head-only stage, then ``options.stages`` stages each adding the next whole units from the top."""
+def plan_stages(
+    units: list[Unit], target: list[Unit], options: FinetuneOptions, head_trained: bool = False
+) -> list[StagePlan]:
+    """Head-only stage, then ``options.stages`` stages each adding the next whole units from the top.
+
+    Without an explicit ``head_epochs`` a warm-started head (``head_trained``) gets no head-only stage: the probe or
+    the head search already trained it on cached features, far more cheaply than epochs over images would.
+    """
     if options.bn_stats not in BN_STATS:
         raise TransferlabError(f"unknown --bn-stats '{options.bn_stats}'; choose from {', '.join(BN_STATS)}")
-    if options.stages < 1 or options.epochs < 1 or options.head_epochs < 0:
+    head_epochs = options.head_epochs
+    if head_epochs is None:
+        head_epochs = 0 if head_trained else HEAD_EPOCHS
+    if options.stages < 1 or options.epochs < 1 or head_epochs < 0:
         raise TransferlabError("--stages and --epochs must be at least 1, --head-epochs at least 0")
-    plans = [StagePlan("head", [], options.head_epochs)] if options.head_epochs else []
+    plans = [StagePlan("head", [], head_epochs)] if head_epochs else []
     steps = min(options.stages, len(target))
     top_down = list(reversed(units))
     for step in range(1, steps + 1):
@@ -141,11 +151,15 @@ def finetune(
     echo: Callable[[str], None] = print,
     on_epoch: Callable[[dict[str, Any], dict[str, Any]], None] | None = None,
     probe: ProbeResult | None = None,
+    head_init: Head | None = None,
     distributed: Distributed | None = None,
 ) -> FinetuneOutcome:
     """Fine-tune on ``prepared`` and write finetune.json, augmentation_preview.png, finetuned.safetensors/.json.
 
     ``probe`` (fitted on ``prepared.features()``) is reused for the LP-FT warm start instead of fitting a new one.
+    ``head_init``: a head already trained on these features (the head search's winner, taking raw pooled
+    features); training starts from its weights, so every stage's epoch 0 is the head-only model and restore-best
+    can only keep or improve on it (on validation).
     ``on_epoch(stage_record, history_entry)`` is called after each epoch's checkpoint is on disk.
     Under ``torchrun`` (or with ``distributed`` given) training is data-parallel and only rank 0 echoes and writes.
     """
@@ -169,21 +183,10 @@ def finetune(
     net = build_network(
         prepared.backbone.model, prepared.config.cut_point, spec, len(classes), data_config["input_size"][-1]
     )
-    lp_init = options.lp_init and is_linear_head(spec)
-    feature_size = prepared.backbone.data_config["input_size"][-1]
-    if lp_init and data_config["input_size"][-1] != feature_size:
-        # The probe learnt features of feature_size-pixel inputs; at another resolution the same weights start the
-        # head off target (first-epoch loss above the sanity limit), which no LR restart can repair.
-        echo(
-            f"probe warm start skipped: the probe saw {feature_size} px features, fine-tuning runs at "
-            f"{data_config['input_size'][-1]} px"
-        )
-        lp_init = False
-    if lp_init:
-        probe = probe or fit_probe(prepared.features(), prepared.targets(), classes, seed=options.seed)
-        init_from_probe(net, probe.model, len(classes))
+    head_source = _warm_start(net, prepared, options, spec, data_config, probe, head_init, echo)
+    lp_init = head_source == "probe"
     units = freeze_units(net.body)
-    plans = plan_stages(units, parse_unfreeze(options.unfreeze, units), options)
+    plans = plan_stages(units, parse_unfreeze(options.unfreeze, units), options, head_source != "random")
 
     targets = prepared.targets()
     paths = {split: prepared.split_paths(split) for split in ("train", "val", "test")}
@@ -223,6 +226,7 @@ def finetune(
         options.patience,
         options.max_restarts,
         options.bn_stats,
+        head_trained=head_source != "random",
     )
     train_net, train_loaders, stores = net, loaders, []
     if options.cache_views:  # train the upper part on cached boundary activations (finetune/boundary.py)
@@ -259,11 +263,46 @@ def finetune(
     scores, metrics, thresholds = _evaluate(trainer, loaders, classes)
     metric = headline(metrics["val"])[0]
     if distributed.is_main:
-        _write_outputs(run_dir, prepared, options, spec, data_config, net, stages, metrics, metric, thresholds, lp_init)
+        _write_outputs(
+            run_dir, prepared, options, spec, data_config, net, stages, metrics, metric, thresholds, head_source
+        )
         checkpoint.unlink(missing_ok=True)
     return FinetuneOutcome(
         run_dir, stages, metric, metrics, scores, thresholds, net.eval(), lp_init, time.perf_counter() - started, paths
     )
+
+
+def _warm_start(
+    net: FinetuneNet,
+    prepared: PreparedData,
+    options: FinetuneOptions,
+    spec: HeadSpec,
+    data_config: dict[str, Any],
+    probe: ProbeResult | None,
+    head_init: Head | None,
+    echo: Callable[[str], None],
+) -> str:
+    """Initialise the head from the searched head, or the linear probe (LP-FT); returns which ("random": neither)."""
+    if head_init is None and not (options.lp_init and is_linear_head(spec)):
+        return "random"
+    source = "searched head" if head_init is not None else "probe"
+    feature_size = prepared.backbone.data_config["input_size"][-1]
+    if data_config["input_size"][-1] != feature_size:
+        # The head learnt features of feature_size-pixel inputs; at another resolution the same weights start it
+        # off target (first-epoch loss above the sanity limit), which no LR restart can repair.
+        echo(
+            f"{source} warm start skipped: it saw {feature_size} px features, fine-tuning runs at "
+            f"{data_config['input_size'][-1]} px"
+        )
+        return "random"
+    if head_init is not None:
+        if head_init.spec != spec:
+            raise TransferlabError(f"head_init is a {head_init.spec.describe()} head, not {spec.describe()}")
+        net.head.load_state_dict(head_init.state_dict())
+        return source
+    probe = probe or fit_probe(prepared.features(), prepared.targets(), prepared.dataset.classes, seed=options.seed)
+    init_from_probe(net, probe.model, len(prepared.dataset.classes))
+    return source
 
 
 def _evaluate(
@@ -290,7 +329,7 @@ def _write_outputs(
     metrics: dict[str, dict[str, Any]],
     metric: str,
     thresholds: list[float] | None,
-    lp_init: bool,
+    head_source: str,
 ) -> None:
     write_json(
         run_dir / "finetune.json",
@@ -299,7 +338,8 @@ def _write_outputs(
             "test_metrics": metrics.get("test", {}),
             "val_metrics": metrics["val"],
             "metric": metric,
-            "lp_init": lp_init,
+            "lp_init": head_source == "probe",
+            "head_init": head_source,
             "options": options.result_affecting(),
         },
     )

@@ -6,24 +6,30 @@ no backbone forward, no DataLoader.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+from torch import nn
 
-from transferlab.heads import HeadSpec
+from transferlab.heads import Head, HeadSpec
 
 if TYPE_CHECKING:
     from transferlab.pipeline import PreparedData
 
 
-def _standardize(train: np.ndarray, *others: np.ndarray) -> list[torch.Tensor]:
-    """Per-channel z-scoring with train statistics (as the probe does): heads train faster and more reliably."""
+def _standardize(train: np.ndarray, *others: np.ndarray) -> tuple[list[torch.Tensor], tuple[np.ndarray, np.ndarray]]:
+    """Per-channel z-scoring with train statistics (as the probe does): heads train faster and more reliably.
+
+    Also returns the per-channel (mean, std), so a trained head can be rewritten to take raw features.
+    """
     axes = (0, 2, 3) if train.ndim == 4 else (0,)
     mean = train.mean(axis=axes, keepdims=True, dtype=np.float64)
     std = train.std(axis=axes, keepdims=True, dtype=np.float64) + 1e-6
-    return [torch.from_numpy(((x - mean) / std).astype(np.float32)) for x in (train, *others)]
+    scaled = [torch.from_numpy(((x - mean) / std).astype(np.float32)) for x in (train, *others)]
+    return scaled, (mean.reshape(-1), std.reshape(-1))
 
 
 @dataclass
@@ -35,6 +41,7 @@ class HeadData:
     classes: list[str]
     multilabel: bool
     maps: dict[str, torch.Tensor] | None = None
+    pooled_stats: tuple[np.ndarray, np.ndarray] | None = None
 
     @classmethod
     def from_arrays(
@@ -45,11 +52,11 @@ class HeadData:
         maps: dict[str, np.ndarray] | None = None,
     ) -> HeadData:
         names = list(pooled)
-        scaled = dict(zip(names, _standardize(*(pooled[s] for s in names)), strict=True))
+        scaled, stats = _standardize(*(pooled[s] for s in names))
         scaled_maps = None
         if maps is not None:
-            scaled_maps = dict(zip(names, _standardize(*(maps[s].astype(np.float32) for s in names)), strict=True))
-        return cls(scaled, y, classes, y[names[0]].ndim == 2, scaled_maps)
+            scaled_maps = dict(zip(names, _standardize(*(maps[s].astype(np.float32) for s in names))[0], strict=True))
+        return cls(dict(zip(names, scaled, strict=True)), y, classes, y[names[0]].ndim == 2, scaled_maps, stats)
 
     @classmethod
     def from_prepared(cls, prepared: PreparedData, cut_point: str | None = None) -> HeadData:
@@ -82,4 +89,22 @@ class HeadData:
         pick = torch.from_numpy(rows)
         pooled = {**self.pooled, "train": self.pooled["train"][pick]}
         maps = None if self.maps is None else {**self.maps, "train": self.maps["train"][pick]}
-        return HeadData(pooled, {**self.y, "train": self.y["train"][rows]}, self.classes, self.multilabel, maps)
+        y = {**self.y, "train": self.y["train"][rows]}
+        return HeadData(pooled, y, self.classes, self.multilabel, maps, self.pooled_stats)
+
+    def on_raw_features(self, head: Head) -> Head | None:
+        """A copy of ``head`` (trained on these standardized pooled vectors) that gives the same logits from raw ones.
+
+        The z-scoring is folded into the first linear layer (W/σ, b − W·μ/σ), so fine-tuning can start from the
+        trained head on the backbone's own feature maps. None for heads on spatial maps or without a linear layer.
+        """
+        linear = next((m for m in head.dense if isinstance(m, nn.Linear)), None)
+        if head.spec.needs_maps or self.pooled_stats is None or linear is None:
+            return None
+        mean, std = (torch.as_tensor(v, dtype=torch.float32) for v in self.pooled_stats)
+        raw = copy.deepcopy(head)
+        first = next(m for m in raw.dense if isinstance(m, nn.Linear))
+        with torch.no_grad():
+            first.weight.div_(std)
+            first.bias.sub_(first.weight @ mean)
+        return raw

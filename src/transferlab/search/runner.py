@@ -13,7 +13,7 @@ import optuna
 from transferlab.data import stratified_subset
 from transferlab.errors import TransferlabError
 from transferlab.fileio import write_json
-from transferlab.heads import HeadSpec, cost_warning, head_cost
+from transferlab.heads import Head, HeadSpec, cost_warning, head_cost
 from transferlab.pipeline import PreparedData, prepare
 from transferlab.probe import fit_probe
 from transferlab.search.data import HeadData
@@ -34,7 +34,11 @@ from transferlab.search.train import evaluate, predict_logits, score, train_head
 
 @dataclass
 class SearchOutcome:
-    """The study's winner (``best_value``: its validation loss, the objective), test metrics next to the probe's."""
+    """The study's winner (``best_value``: its validation loss, the objective), test metrics next to the probe's.
+
+    ``head``: the refitted winner rewritten to take raw (unstandardized) pooled features, for fine-tuning to start
+    from; None when the winner pools spatial maps.
+    """
 
     study_name: str
     storage: str
@@ -45,6 +49,7 @@ class SearchOutcome:
     probe_test_metrics: dict[str, Any]
     record: dict[str, Any]
     path: Path
+    head: Head | None = None
 
     def summary(self) -> str:
         metric = "mAP" if "mAP" in self.test_metrics else "accuracy"
@@ -207,6 +212,7 @@ def search_heads(
         record["probe_test_metrics"],
         record,
         path,
+        data.on_raw_features(refit.head),
     )
 
 

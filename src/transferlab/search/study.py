@@ -12,8 +12,11 @@ from __future__ import annotations
 import importlib.util
 import os
 import sqlite3
+import threading
 import time
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,6 +37,10 @@ if TYPE_CHECKING:
 DIRECTION = "minimize"  # validation loss; see train_head for why not accuracy
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 STARTUP_TRIALS = 8
+# Every process working on a trial records a heartbeat this often; a RUNNING trial without one for STALE_AFTER
+# seconds belonged to a killed worker (SIGKILL, lost machine, Ctrl-C): it is failed and re-queued with its params.
+HEARTBEAT_SECONDS = 10
+STALE_AFTER_SECONDS = 60
 # RunConfig fields that steer stages but do not change what trials train on: a study resumes across them
 # (e.g. rerunning with more --trials extends it).
 STAGE_FIELDS = ("trials", "search_timeout", "search_jobs", "fractions", "finetune", "backbones", "workers")
@@ -94,7 +101,15 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
     sqlite = url.startswith("sqlite")
     engine_kwargs = {"creator": _sqlite_connector(url)} if sqlite else {}
     try:
-        storage = optuna.storages.RDBStorage(_postgres_driver(url), engine_kwargs=engine_kwargs)
+        with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna since v2.8; we rely on them
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            storage = optuna.storages.RDBStorage(
+                _postgres_driver(url),
+                engine_kwargs=engine_kwargs,
+                heartbeat_interval=HEARTBEAT_SECONDS,
+                grace_period=STALE_AFTER_SECONDS,
+                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1),
+            )
         if sqlite:
             sqlalchemy.event.listen(storage.engine, "begin", _begin_immediate)
         return storage
@@ -218,9 +233,29 @@ def _objective(data: HeadData, seed: int, maps: bool) -> Callable[[optuna.Trial]
     return objective
 
 
+@contextmanager
+def _heartbeat(storage: optuna.storages.RDBStorage, trial_id: int) -> Iterator[None]:
+    """Tell the storage, from a background thread, that this process is still working on ``trial_id``."""
+    stop = threading.Event()
+
+    def beat() -> None:
+        while True:
+            storage.record_heartbeat(trial_id)
+            if stop.wait(HEARTBEAT_SECONDS):
+                return
+
+    thread = threading.Thread(target=beat, name=f"heartbeat-{trial_id}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
 def run_queued_trials(
     study: optuna.Study,
-    storage: optuna.storages.BaseStorage,
+    storage: optuna.storages.RDBStorage,
     data: HeadData,
     *,
     seed: int,
@@ -233,12 +268,16 @@ def run_queued_trials(
     objective = _objective(data, seed, maps)
     start, ran = time.monotonic(), 0
     while timeout is None or time.monotonic() - start < timeout:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)  # a killed worker's trial goes back to the queue
         trial_id = _claim(storage, study_id)
         if trial_id is None:
             break
         trial = optuna.Trial(study, trial_id)
         try:
-            value = objective(trial)
+            with _heartbeat(storage, trial_id):
+                value = objective(trial)
         except optuna.TrialPruned:
             study.tell(trial, state=TrialState.PRUNED)
         except (ValueError, RuntimeError, FloatingPointError) as error:  # a diverging or invalid trial, not a crash
