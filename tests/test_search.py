@@ -165,8 +165,15 @@ def test_maps_are_cached_as_float16_and_train_map_heads(prepared: PreparedData, 
     assert cached_maps(prepared)["test"].shape == maps["test"].shape
     assert sorted(prepared.cache.directory.parent.glob("*/shard-*.npz")) == shards  # second call: no recompute
 
-    params = {"pooling": "conv1x1", "conv_channels": 64, "extra_maxpool": True, "n_layers": 0, "batchnorm": True}
-    params |= {"activation": "relu", "dropout": 0.1, "lr": 0.01, "weight_decay": 1e-4, "batch_size": 32, "epochs": 10}
+    params = {"pooling": "conv1x1", "conv_pooling": "flatten", "flatten_channels": 16, "extra_maxpool": True}
+    params |= {"n_layers": 0, "batchnorm": True, "activation": "relu", "dropout": 0.1}
+    params |= {"lr": 0.01, "weight_decay": 1e-4, "batch_size": 32, "epochs": 10}
+    spec, _ = decode(params, multilabel=False)
+    assert spec.final_pooling == "flatten" and spec.conv_channels == 16
+    # a study stored before conv_pooling was searched still decodes (to its average pooling)
+    legacy = {**params, "conv_channels": 64, "conv_pooling": None}
+    del legacy["conv_pooling"], legacy["flatten_channels"]
+    assert decode(legacy, multilabel=False)[0].final_pooling == "avg"
     curve = fraction_curve(prepared, params, [1], seed=0)
     assert curve["rows"][0]["n_train"] == len(pooled["train"])
     record = _search(prepared, tmp_path / "maps", 4, maps=True)

@@ -15,16 +15,24 @@ from transferlab.search.train import TrainParams
 
 MAP_POOLINGS = ("max", "avgmax", "conv1x1")
 WIDTHS = (64, 128, 256, 512)
+FLATTEN_CHANNELS = (16, 32, 64)
 
 
 def suggest(trial: optuna.Trial, *, maps: bool, multilabel: bool) -> tuple[HeadSpec, TrainParams]:
     """Sample (or, for a FixedTrial, decode) one head and its optimizer settings.
 
-    Flatten heads are expressible but not searched: on a 7×7 map they multiply the first dense layer by 49 and
-    overfit small data (see ``head_cost``). Map-based poolings are offered only when maps are cached.
+    Flatten is searched only after a conv1x1 reduction to a few channels: on the raw 7×7 map it multiplies the
+    first dense layer by 49 × all channels and overfits small data (see ``head_cost``); the seeds' raw-map Flatten
+    heads stay expressible as specs. Map-based poolings are offered only when maps are cached.
     """
     pooling = trial.suggest_categorical("pooling", ("avg", *MAP_POOLINGS) if maps else ("avg",))
-    conv_channels = trial.suggest_categorical("conv_channels", (64, 128, 256)) if pooling == "conv1x1" else None
+    conv_pooling, conv_channels = "avg", None
+    if pooling == "conv1x1":
+        conv_pooling = trial.suggest_categorical("conv_pooling", ("avg", "max", "flatten"))
+        if conv_pooling == "flatten":  # keeps position; few channels keep the first dense layer small
+            conv_channels = trial.suggest_categorical("flatten_channels", FLATTEN_CHANNELS)
+        else:
+            conv_channels = trial.suggest_categorical("conv_channels", (64, 128, 256))
     extra_maxpool = trial.suggest_categorical("extra_maxpool", (False, True)) if pooling == "conv1x1" else False
     n_layers = trial.suggest_int("n_layers", 0, 2)
     widths = tuple(trial.suggest_categorical(f"width_{i}", WIDTHS) for i in range(n_layers))
@@ -32,6 +40,7 @@ def suggest(trial: optuna.Trial, *, maps: bool, multilabel: bool) -> tuple[HeadS
     spec = HeadSpec(
         pooling=pooling,
         conv_channels=conv_channels,
+        conv_pooling=conv_pooling,
         extra_maxpool=extra_maxpool,
         widths=widths,
         dropout=trial.suggest_float("dropout", 0.0, 0.5),
@@ -51,4 +60,6 @@ def suggest(trial: optuna.Trial, *, maps: bool, multilabel: bool) -> tuple[HeadS
 def decode(params: dict[str, Any], *, multilabel: bool) -> tuple[HeadSpec, TrainParams]:
     """The HeadSpec and TrainParams that a stored trial's ``params`` stand for."""
     maps = params.get("pooling", "avg") != "avg"
+    if params.get("pooling") == "conv1x1":  # studies from before conv_pooling was searched always averaged
+        params = {"conv_pooling": "avg", **params}
     return suggest(optuna.trial.FixedTrial(params), maps=maps, multilabel=multilabel)
