@@ -11,6 +11,7 @@ the parent echoes them, so output stays in one place.
 from __future__ import annotations
 
 import multiprocessing
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -21,15 +22,22 @@ import torch
 from transferlab.search.data import HeadData
 from transferlab.search.study import load_search_study, run_queued_trials
 
+INTERRUPTED = 130  # the shell's exit status for SIGINT
+
 
 def _drain(
     number: int, study_name: str, storage: str, data: HeadData, seed: int, maps: bool, timeout: float | None, lines: Any
 ) -> None:
     torch.set_num_threads(1)
     study, backend = load_search_study(study_name, storage)
-    run_queued_trials(
-        study, backend, data, seed=seed, maps=maps, timeout=timeout, echo=lambda text: lines.put(f"[{number}] {text}")
-    )
+
+    def echo(text: str) -> None:
+        lines.put(f"[{number}] {text}")
+
+    try:
+        run_queued_trials(study, backend, data, seed=seed, maps=maps, timeout=timeout, echo=echo)
+    except KeyboardInterrupt:  # Ctrl-C reaches the whole process group; the parent reports it once
+        sys.exit(INTERRUPTED)
 
 
 def _forward(lines: Any, echo: Callable[[str], None]) -> None:
@@ -71,5 +79,8 @@ def local_workers(
         lines.put(None)
         forwarder.join()
         for number, worker in enumerate(workers, start=1):
-            if worker.exitcode:
-                echo(f"local worker {number} exited with code {worker.exitcode}; its trial may stay RUNNING")
+            if worker.exitcode and worker.exitcode != INTERRUPTED:
+                echo(
+                    f"local worker {number} exited with code {worker.exitcode}; its trial is re-queued once its "
+                    "heartbeat is stale"
+                )

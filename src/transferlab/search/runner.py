@@ -22,6 +22,7 @@ from transferlab.search.space import decode
 from transferlab.search.study import (
     DIRECTION,
     FINISHED,
+    STALE_AFTER_SECONDS,
     create_search_study,
     default_storage,
     default_study_name,
@@ -161,7 +162,10 @@ def search_heads(
     search_seconds = time.perf_counter() - started
     running = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)))
     if running:
-        echo(f"{running} trial(s) still running on other workers; rerun the same command later to include them")
+        echo(
+            f"{running} trial(s) still RUNNING: on another worker, or left by a stopped one (re-queued "
+            f"{STALE_AFTER_SECONDS} s after its last heartbeat); rerun the same command later to include them"
+        )
     try:
         best = study.best_trial
     except ValueError:
