@@ -287,6 +287,8 @@ def _add_stages(run: Path, classes: list[str]) -> None:
                 },
             ],
             "test_metrics": single_label_metrics(0.86, classes),
+            "lp_init": True,
+            "head_init": "probe",
         },
     )
     Image.new("RGB", (64, 32), (200, 100, 50)).save(run / "augmentation_preview.png")

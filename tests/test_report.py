@@ -39,6 +39,7 @@ def test_complete_run_has_every_section_inline(complete_run: tuple[Path, str]) -
     assert all(source.startswith("data:image/png;base64,") for source in sources)
     assert "http://" not in html and "https://" not in html and "<link" not in html
     assert "restart at epoch 2" in html and "Fine-tuning stage &#39;top blocks&#39;" in html
+    assert html.count("head started from: probe") == 1  # said once, on the first stage
     assert "812 MB" in html and "0.012" in html and "2.50 s" in html  # peak memory, GFLOPs, seconds per epoch
     assert "fine-tuned" in html and "0.8600" in html  # the final model's test accuracy
     assert (run_path / "advice.json").is_file()

@@ -54,11 +54,13 @@ def _curves(run: RunFiles) -> list[dict[str, Any]]:
         if trial.get("number") == best.get("number") and trial.get("curve"):
             png = plots.learning_curves_png(trial["curve"])
             curves.append({"title": f"Best search trial #{trial['number']}", "picture": data_uri(png), "notes": []})
-    for stage in (run.finetune or {}).get("stages") or []:
+    finetune = run.finetune or {}
+    for index, stage in enumerate(finetune.get("stages") or []):
         if not stage.get("history"):
             continue
         png = plots.learning_curves_png(stage["history"], stage.get("best_epoch"), stage.get("restarts") or ())
-        notes = [
+        notes = [f"head started from: {finetune['head_init']}"] if index == 0 and finetune.get("head_init") else []
+        notes += [
             f"trainable: {', '.join(stage.get('trainable_blocks') or []) or 'head only'}",
             f"BN: {stage.get('bn_policy')}",
             f"lr head {stage.get('lr_head')}, backbone {stage.get('lr_backbone')}",
