@@ -54,3 +54,20 @@ def test_two_workers_record_every_trial_exactly_once(tiny_weights: Path, tmp_pat
     assert all("curve" in t.user_attrs and "seconds" in t.user_attrs for t in trials)
     ran = [int(out.split("ran ")[1].split(" trial")[0]) for out, _ in outputs]
     assert sum(ran) == TRIALS, ran
+
+
+def test_forked_local_workers_share_a_postgres_study(tiny_weights: Path, tmp_path: Path) -> None:
+    """``--jobs 2`` forks a worker after the parent opened its PostgreSQL connections: neither may break the other's."""
+    from transferlab.search import search_heads
+
+    url = _postgres_url()
+    data = make_class_folder(tmp_path / "data", per_class=20)
+    config = RunConfig(str(data), TINY_BACKBONE, str(tiny_weights), image_size=TINY_SIZE, workers=0)
+    prepared = prepare(config, cache_dir=tmp_path / "cache", progress=False, echo=lambda _: None)
+    name = f"test-{uuid.uuid4().hex[:12]}"
+    lines: list[str] = []
+    search_heads(prepared, tmp_path / "run", trials=TRIALS, storage=url, study_name=name, jobs=2, echo=lines.append)
+    trials = optuna.load_study(study_name=name, storage=open_storage(url)).get_trials(deepcopy=False)
+    assert sorted(t.number for t in trials) == list(range(TRIALS))
+    assert all(t.state in FINISHED for t in trials), Counter(t.state.name for t in trials)
+    assert any(line.startswith("[1] trial") for line in lines) and not any("exited with code" in line for line in lines)
