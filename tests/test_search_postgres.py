@@ -17,7 +17,7 @@ import optuna
 import pytest
 from conftest import TINY_BACKBONE, TINY_SIZE, make_class_folder
 
-from transferlab.pipeline import RunConfig, prepare
+from transferlab.pipeline import PreparedData, RunConfig, prepare
 from transferlab.search.study import FINISHED, create_search_study, open_storage
 
 DEFAULT_URL = "postgresql://transferlab@127.0.0.1:54329/transferlab_test"
@@ -33,11 +33,15 @@ def _postgres_url() -> str:
     return url
 
 
-def test_two_workers_record_every_trial_exactly_once(tiny_weights: Path, tmp_path: Path) -> None:
-    url = _postgres_url()
+@pytest.fixture
+def prepared(tiny_weights: Path, tmp_path: Path) -> PreparedData:
     data = make_class_folder(tmp_path / "data", per_class=20)
     config = RunConfig(str(data), TINY_BACKBONE, str(tiny_weights), image_size=TINY_SIZE, workers=0)
-    prepared = prepare(config, cache_dir=tmp_path / "cache", progress=False, echo=lambda _: None)
+    return prepare(config, cache_dir=tmp_path / "cache", progress=False, echo=lambda _: None)
+
+
+def test_two_workers_record_every_trial_exactly_once(prepared: PreparedData) -> None:
+    url = _postgres_url()
     name = f"test-{uuid.uuid4().hex[:12]}"
     create_search_study(prepared, trials=TRIALS, storage=url, study_name=name, seed=0)
 
@@ -56,14 +60,11 @@ def test_two_workers_record_every_trial_exactly_once(tiny_weights: Path, tmp_pat
     assert sum(ran) == TRIALS, ran
 
 
-def test_forked_local_workers_share_a_postgres_study(tiny_weights: Path, tmp_path: Path) -> None:
+def test_forked_local_workers_share_a_postgres_study(prepared: PreparedData, tmp_path: Path) -> None:
     """``--jobs 2`` forks a worker after the parent opened its PostgreSQL connections: neither may break the other's."""
     from transferlab.search import search_heads
 
     url = _postgres_url()
-    data = make_class_folder(tmp_path / "data", per_class=20)
-    config = RunConfig(str(data), TINY_BACKBONE, str(tiny_weights), image_size=TINY_SIZE, workers=0)
-    prepared = prepare(config, cache_dir=tmp_path / "cache", progress=False, echo=lambda _: None)
     name = f"test-{uuid.uuid4().hex[:12]}"
     lines: list[str] = []
     search_heads(prepared, tmp_path / "run", trials=TRIALS, storage=url, study_name=name, jobs=2, echo=lines.append)

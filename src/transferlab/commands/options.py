@@ -9,6 +9,19 @@ from transferlab.backbones import DEFAULT_BACKBONE
 from transferlab.backbones.model import HEAD
 
 
+def add_search_options(parser: Any, *, trials_default: int, trials_help: str) -> None:
+    """The head-search budget shared by ``search`` and ``run``: trials, time limit, parallel processes."""
+    parser.add_argument("--trials", type=int, default=trials_default, help=trials_help)
+    parser.add_argument("--timeout", type=float, help="stop starting new search trials after this many seconds")
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="processes running trials side by side, one core each (default 1: the trial sequence replays exactly "
+        "from --seed; N > 1 finishes about N times sooner, in a timing-dependent order)",
+    )
+
+
 def add_data_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "data",

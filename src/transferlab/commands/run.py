@@ -6,7 +6,7 @@ import argparse
 from typing import Any
 
 from transferlab.commands.finetune import add_finetune_options, finetune_options
-from transferlab.commands.options import add_run_options, run_kwargs
+from transferlab.commands.options import add_run_options, add_search_options, run_kwargs
 from transferlab.errors import TransferlabError
 
 
@@ -26,15 +26,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="rank these comma-separated backbones (LogME, k-NN, CV probe at every cut point) first and continue "
         "with the chosen backbone and cut point",
     )
-    stages.add_argument("--trials", type=int, default=0, help="head-search trials on cached features (default 0: off)")
-    stages.add_argument("--timeout", type=float, help="stop starting new search trials after this many seconds")
-    stages.add_argument(
-        "--jobs",
-        type=int,
-        default=1,
-        help="processes running trials side by side, one core each (default 1: the trial sequence replays exactly "
-        "from --seed; N > 1 finishes about N times sooner, in a timing-dependent order)",
-    )
+    add_search_options(stages, trials_default=0, trials_help="head-search trials on cached features (default 0: off)")
     stages.add_argument("--fractions", help="learning curve of the best head over data fractions, e.g. 0.25,0.5,1")
     stages.add_argument("--finetune", action="store_true", help="fine-tune as the last stage (options below)")
     add_finetune_options(run)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from transferlab.commands.options import RUN_OPTION_NAMES, add_run_options
+from transferlab.commands.options import RUN_OPTION_NAMES, add_run_options, add_search_options
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -18,15 +18,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         "(and fractions.json with --fractions) to the run directory.",
     )
     add_run_options(search)
-    search.add_argument("--trials", type=int, default=30, help="total trials in the study (default 30)")
-    search.add_argument("--timeout", type=float, help="stop starting new trials after this many seconds")
-    search.add_argument(
-        "--jobs",
-        type=int,
-        default=1,
-        help="processes running trials side by side, one core each (default 1: the trial sequence replays exactly "
-        "from --seed; N > 1 finishes about N times sooner, in a timing-dependent order)",
-    )
+    add_search_options(search, trials_default=30, trials_help="total trials in the study (default 30)")
     search.add_argument("--storage", help="Optuna storage URL (default sqlite:///<run dir>/study.db)")
     search.add_argument("--study", help="study name (default heads-<backbone>-<cut point>-seed<seed>)")
     search.add_argument("--maps", action="store_true", help="also search heads on spatial maps (max, conv1x1 ...)")

@@ -98,12 +98,13 @@ class HeadData:
         The z-scoring is folded into the first linear layer (W/σ, b − W·μ/σ), so fine-tuning can start from the
         trained head on the backbone's own feature maps. None for heads on spatial maps or without a linear layer.
         """
-        linear = next((m for m in head.dense if isinstance(m, nn.Linear)), None)
-        if head.spec.needs_maps or self.pooled_stats is None or linear is None:
+        if head.spec.needs_maps or self.pooled_stats is None:
+            return None
+        raw = copy.deepcopy(head)
+        first = next((m for m in raw.dense if isinstance(m, nn.Linear)), None)
+        if first is None:
             return None
         mean, std = (torch.as_tensor(v, dtype=torch.float32) for v in self.pooled_stats)
-        raw = copy.deepcopy(head)
-        first = next(m for m in raw.dense if isinstance(m, nn.Linear))
         with torch.no_grad():
             first.weight.div_(std)
             first.bias.sub_(first.weight @ mean)
