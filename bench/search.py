@@ -69,7 +69,7 @@ def main() -> None:
                 f"cached search, {jobs} process(es): {args.trials} trials ({epochs_of[jobs]} epochs) "
                 f"in {seconds[jobs]:.1f}s"
             )
-            print(f"  then refit of the best head + probe baseline: {outcome.record['refit_seconds']:.1f}s")
+            print(f"  then refit of the top heads + probe baseline: {outcome.record['refit_seconds']:.1f}s")
             print(f"  ratio to one extraction pass: {seconds[jobs] / extraction:.2f}")
             print("  " + outcome.summary().replace("\n", "\n  "))
         fastest = min(seconds, key=seconds.get)

@@ -116,6 +116,32 @@ def test_trial_of_a_killed_worker_is_failed_and_rerun_with_its_params(
     assert all(t.state in study_module.FINISHED for t in trials)
 
 
+def test_prediction_averages_the_top_heads_by_validation_loss(prepared: PreparedData, tmp_path: Path) -> None:
+    record = _search(prepared, tmp_path / "run", 5, ensemble=3)
+    complete = sorted((t for t in record["trials"] if t["state"] == "COMPLETE"), key=lambda t: t["value"])
+    members = [t["number"] for t in complete[:3]]
+    assert len(members) >= 2 and record["ensemble"]["trials"] == members
+    assert record["best"]["number"] == members[0]
+    # each member is its trial's head, refitted with the trial's seed; the prediction is their mean probability
+    data = HeadData.from_prepared(prepared)
+    probabilities = []
+    for number in members:
+        spec, params = decode(next(t["params"] for t in complete if t["number"] == number), multilabel=False)
+        head = train_head(spec, params, data, seed=3 + number).head
+        with torch.no_grad():
+            probabilities.append(torch.softmax(head.eval()(data.pooled["test"]), dim=1).numpy())
+    y_test = prepared.targets()["test"]
+    assert record["best"]["test_metrics"]["accuracy"] == pytest.approx(np.mean(probabilities[0].argmax(1) == y_test))
+    averaged = np.mean(probabilities, axis=0).argmax(1)
+    assert record["test_metrics"]["accuracy"] == pytest.approx(np.mean(averaged == y_test))
+    assert f"average of the top {len(members)} heads" in record["explanation"]
+
+    single = _search(prepared, tmp_path / "run", 5, ensemble=1)  # same study, resumed: only the prediction changes
+    assert single["ensemble"]["trials"] == members[:1] and single["test_metrics"] == single["best"]["test_metrics"]
+    with pytest.raises(TransferlabError, match="--ensemble must be >= 1"):
+        search_heads(prepared, tmp_path / "run", trials=5, ensemble=0, echo=lambda _: None)
+
+
 def test_jobs_below_one_is_a_user_error(prepared: PreparedData, tmp_path: Path) -> None:
     with pytest.raises(TransferlabError, match="--jobs must be >= 1"):
         search_heads(prepared, tmp_path / "run", trials=1, jobs=0, echo=lambda _: None)

@@ -55,6 +55,7 @@ class RunConfig:
     trials: int = 0
     search_timeout: float | None = None
     search_jobs: int = 1
+    search_ensemble: int = 5
     fractions: list[float] | None = None
     finetune: dict[str, Any] | None = None
 

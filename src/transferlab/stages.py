@@ -45,6 +45,7 @@ def search_stage(
         trials=config.trials,
         timeout=config.search_timeout,
         jobs=config.search_jobs,
+        ensemble=config.search_ensemble,
         seed=config.seed,
         probe_test_metrics=None if probe is None else probe.metrics.get("test", {}),
         echo=echo,

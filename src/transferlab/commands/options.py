@@ -20,6 +20,13 @@ def add_search_options(parser: Any, *, trials_default: int, trials_help: str) ->
         help="processes running trials side by side, one core each (default 1: the trial sequence replays exactly "
         "from --seed; N > 1 finishes about N times sooner, in a timing-dependent order)",
     )
+    parser.add_argument(
+        "--ensemble",
+        type=int,
+        default=5,
+        help="the search predicts with the average of its K best heads by validation loss (default 5; 1: the "
+        "single best head). Fine-tuning starts from the single best head either way",
+    )
 
 
 def add_data_options(parser: argparse.ArgumentParser) -> None:

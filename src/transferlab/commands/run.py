@@ -53,6 +53,7 @@ def stage_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         "trials": args.trials,
         "search_timeout": args.timeout,
         "search_jobs": args.jobs,
+        "search_ensemble": args.ensemble,
         "fractions": parse_fractions(args.fractions) if args.fractions else None,
         "finetune": finetune_options(args).result_affecting() if args.finetune else None,
     }

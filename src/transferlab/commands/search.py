@@ -45,6 +45,7 @@ def handle_search(args: argparse.Namespace) -> None:
         trials=args.trials,
         search_timeout=args.timeout,
         search_jobs=args.jobs,
+        search_ensemble=args.ensemble,
         fractions=parse_fractions(args.fractions) if args.fractions else None,
         **{name: getattr(args, name) for name in RUN_OPTION_NAMES},
     )

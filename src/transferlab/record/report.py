@@ -39,7 +39,12 @@ def _metric_keys(run: RunFiles) -> list[str]:
 def _results(run: RunFiles) -> list[dict[str, Any]]:
     """One table row per (model, split): the probe on every split, later stages on test."""
     rows = [{"model": "linear probe", "split": split, **values} for split, values in run.metrics.items()]
-    for model, payload in (("best searched head", run.search), ("fine-tuned", run.finetune)):
+    search = run.search or {}
+    members = (search.get("ensemble") or {}).get("trials") or []
+    searched = [("best searched head", search)]
+    if len(members) > 1:  # the search's prediction averages its top heads; the single winner is shown beside it
+        searched = [(f"top-{len(members)} searched heads averaged", search), ("best searched head", search.get("best"))]
+    for model, payload in [*searched, ("fine-tuned", run.finetune)]:
         for split in ("val", "test"):
             if (payload or {}).get(f"{split}_metrics"):
                 rows.append({"model": model, "split": split, **payload[f"{split}_metrics"]})

@@ -17,6 +17,7 @@ from transferlab.heads import Head, HeadSpec, cost_warning, head_cost
 from transferlab.pipeline import PreparedData, prepare
 from transferlab.probe import fit_probe
 from transferlab.search.data import HeadData
+from transferlab.search.ensemble import ENSEMBLE_SIZE, HeadEnsemble, head_scores, split_metrics, top_trials
 from transferlab.search.parallel import local_workers
 from transferlab.search.space import decode
 from transferlab.search.study import (
@@ -30,15 +31,16 @@ from transferlab.search.study import (
     run_queued_trials,
     worker_config,
 )
-from transferlab.search.train import evaluate, predict_logits, score, train_head
+from transferlab.search.train import predict_logits, score, train_head
 
 
 @dataclass
 class SearchOutcome:
-    """The study's winner (``best_value``: its validation loss, the objective), test metrics next to the probe's.
+    """The study's winner (``best_value``: its validation loss, the objective) and the search's test metrics.
 
-    ``head``: the refitted winner rewritten to take raw (unstandardized) pooled features, for fine-tuning to start
-    from; None when the winner pools spatial maps.
+    ``test_metrics``: the final predictor's, the average of the top heads (see ``search.ensemble``), next to the
+    single winner's (``best_test_metrics``) and the probe's. ``head``: the refitted winner rewritten to take raw
+    (unstandardized) pooled features, for fine-tuning to start from; None when the winner pools spatial maps.
     """
 
     study_name: str
@@ -47,6 +49,7 @@ class SearchOutcome:
     best_params: dict[str, Any]
     best_value: float
     test_metrics: dict[str, Any]
+    best_test_metrics: dict[str, Any]
     probe_test_metrics: dict[str, Any]
     record: dict[str, Any]
     path: Path
@@ -54,9 +57,12 @@ class SearchOutcome:
 
     def summary(self) -> str:
         metric = "mAP" if "mAP" in self.test_metrics else "accuracy"
+        size = len(self.record["ensemble"]["trials"])
+        final = f"top-{size} heads averaged {self.test_metrics[metric]:.4f}  " if size > 1 else ""
         return (
             f"best head: {self.best_spec.describe()}  val loss {self.best_value:.4f}\n"
-            f"test {metric}: head {self.test_metrics[metric]:.4f}  vs plain probe {self.probe_test_metrics[metric]:.4f}"
+            f"test {metric}: {final}best head {self.best_test_metrics[metric]:.4f}  "
+            f"vs plain probe {self.probe_test_metrics[metric]:.4f}"
         )
 
 
@@ -114,10 +120,20 @@ def _explain(record: dict[str, Any]) -> str:
     if record["importance"]:
         top = sorted(record["importance"].items(), key=lambda item: -item[1])[:3]
         text += " Most influential settings: " + ", ".join(f"{name} ({value:.2f})" for name, value in top) + "."
+    members = record["ensemble"]["trials"]
+    final = f"the average of the top {len(members)} heads (trials {', '.join(map(str, members))})"
+    if len(members) > 1:
+        text += (
+            f" The search predicts with {final}: one winner picked on ~{record['n_val']} validation images is "
+            f"partly luck, an average of the best few is steadier."
+        )
     head, probe = record["test_metrics"].get(metric), record["probe_test_metrics"].get(metric)
     if head is not None and probe is not None:
         verdict = "beats" if head > probe else "matches" if head == probe else "does not beat"
-        text += f" On the test split the head {verdict} the plain probe ({metric} {head:.4f} vs {probe:.4f})."
+        name = final if len(members) > 1 else "the head"
+        text += f" On the test split {name} {verdict} the plain probe ({metric} {head:.4f} vs {probe:.4f})"
+        single = record["best"]["test_metrics"].get(metric)
+        text += f"; the single best head scores {single:.4f}." if len(members) > 1 else "."
     return text
 
 
@@ -132,6 +148,7 @@ def search_heads(
     seed: int = 0,
     maps: bool = False,
     jobs: int = 1,
+    ensemble: int = ENSEMBLE_SIZE,
     probe_test_metrics: dict[str, Any] | None = None,
     echo: Callable[[str], None] = print,
 ) -> SearchOutcome:
@@ -143,11 +160,15 @@ def search_heads(
     ``jobs``: processes working on the study here (this one plus ``jobs - 1`` local workers); each trial uses one
     core. With ``jobs > 1`` the trial sequence depends on timing, so only ``jobs=1`` replays exactly from the seed.
 
+    ``ensemble``: how many of the best heads the final predictor averages (1: the single winner).
+
     ``maps`` also offers heads that need spatial maps (max / avg+max / conv1x1 pooling); their maps are cached once.
     Writes ``<run_dir>/search.json``; the study itself lives in ``storage`` (default SQLite in the run directory).
     """
     if jobs < 1:
         raise TransferlabError(f"--jobs must be >= 1, got {jobs}")
+    if ensemble < 1:
+        raise TransferlabError(f"--ensemble must be >= 1 (1: the single best head), got {ensemble}")
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     storage = storage or default_storage(run_dir)
@@ -166,13 +187,15 @@ def search_heads(
             f"{running} trial(s) still RUNNING: on another worker, or left by a stopped one (re-queued "
             f"{STALE_AFTER_SECONDS} s after its last heartbeat); rerun the same command later to include them"
         )
-    try:
-        best = study.best_trial
-    except ValueError:
-        raise TransferlabError(f"no trial of study '{study_name}' completed; see {run_dir / 'search.json'}") from None
-    spec, params = decode(best.params, multilabel=data.multilabel)
-    refit = train_head(spec, params, data, seed=seed + best.number)
-    test_metrics = evaluate(refit, data).get("test", {})
+    top = top_trials(study, ensemble)
+    if not top:
+        raise TransferlabError(f"no trial of study '{study_name}' completed; see {run_dir / 'search.json'}")
+    best = top[0]
+    spec, _ = decode(best.params, multilabel=data.multilabel)
+    members = HeadEnsemble.refit(top, data, seed)
+    best_metrics = split_metrics(head_scores(members.heads[0], data), data)
+    ensemble_metrics = split_metrics(members.scores(data), data)
+    test_metrics = ensemble_metrics.get("test", {})
     if probe_test_metrics is None:
         probe = fit_probe(prepared.features(), prepared.targets(), prepared.dataset.classes, seed=seed)
         probe_test_metrics = probe.metrics.get("test", {})
@@ -197,9 +220,14 @@ def search_heads(
             "head_params": head_params,
             "head_mb": head_mb,
             "warning": cost_warning(head_params, len(data.y["train"])),
+            "val_metrics": best_metrics.get("val", {}),
+            "test_metrics": best_metrics.get("test", {}),
         },
+        "ensemble": {"trials": members.trial_numbers, "combine": "mean of member probabilities"},
+        "n_val": len(data.y["val"]),
         "trials": _trial_rows(study),
         "importance": _importance(study),
+        "val_metrics": ensemble_metrics.get("val", {}),
         "test_metrics": test_metrics,
         "probe_test_metrics": probe_test_metrics,
     }
@@ -213,10 +241,11 @@ def search_heads(
         best.params,
         float(best.value),
         test_metrics,
+        record["best"]["test_metrics"],
         record["probe_test_metrics"],
         record,
         path,
-        data.on_raw_features(refit.head),
+        data.on_raw_features(members.heads[0]),
     )
 
 

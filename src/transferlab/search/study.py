@@ -43,7 +43,16 @@ HEARTBEAT_SECONDS = 10
 STALE_AFTER_SECONDS = 60
 # RunConfig fields that steer stages but do not change what trials train on: a study resumes across them
 # (e.g. rerunning with more --trials extends it).
-STAGE_FIELDS = ("trials", "search_timeout", "search_jobs", "fractions", "finetune", "backbones", "workers")
+STAGE_FIELDS = (
+    "trials",
+    "search_timeout",
+    "search_jobs",
+    "search_ensemble",
+    "fractions",
+    "finetune",
+    "backbones",
+    "workers",
+)
 
 
 def _trained_on(config: dict[str, Any]) -> dict[str, Any]:

@@ -15,7 +15,6 @@ from sklearn.metrics import average_precision_score
 from torch import nn
 
 from transferlab.heads import Head, HeadSpec, build_head
-from transferlab.probe.metrics import classification_metrics, tune_thresholds
 from transferlab.search.data import HeadData
 
 EVAL_BATCH = 1024
@@ -164,12 +163,3 @@ def _train(
     head.eval()
     result.seconds = time.perf_counter() - start
     return result
-
-
-def evaluate(trained: TrainedHead, data: HeadData) -> dict[str, dict[str, Any]]:
-    """Full metrics per split (thresholds tuned on validation for multi-label), like the probe's metrics.json."""
-    inputs = data.inputs(trained.head.spec)
-    activate = torch.sigmoid if data.multilabel else (lambda t: torch.softmax(t, dim=1))
-    scores = {s: activate(predict_logits(trained.head, x)).numpy() for s, x in inputs.items() if len(x)}
-    thresholds = tune_thresholds(data.y["val"], scores["val"]) if data.multilabel and "val" in scores else None
-    return {s: classification_metrics(data.y[s], p, data.classes, thresholds) for s, p in scores.items()}
