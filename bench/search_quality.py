@@ -17,6 +17,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import optuna
 
 from transferlab.pipeline import RunConfig, prepare
 from transferlab.search import search_heads
@@ -36,6 +37,7 @@ def main() -> None:
     parser.add_argument("--image-size", type=int)
     parser.add_argument("--cut-point", default="head")
     args = parser.parse_args()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
 
     differences: dict[str, list[float]] = {"best head": [], f"top-{args.ensemble} average": []}
     print(f"{'split':>5} {'search':>6} {'probe':>7} {'best':>7} {'top-' + str(args.ensemble):>7}")

@@ -230,7 +230,7 @@ def _add_stages(run: Path, classes: list[str]) -> None:
         {
             "study_name": "demo-study",
             "storage": "sqlite:///search.db",
-            "direction": "maximize",
+            "direction": "minimize",
             "n_trials": 4,
             "best": {
                 "number": 0,
@@ -242,6 +242,8 @@ def _add_stages(run: Path, classes: list[str]) -> None:
                 "test_metrics": single_label_metrics(0.8167, classes),
             },
             "ensemble": {"trials": [0, 2], "combine": "mean of member probabilities"},
+            "objective": "val_loss",
+            "explanation": "Trial 0 won with the lowest validation loss.",
             "trials": trials,
             "importance": {"lr": 0.7, "dropout": 0.2, "head": 0.1},
             "test_metrics": single_label_metrics(0.83, classes),

@@ -45,6 +45,8 @@ def test_complete_run_has_every_section_inline(complete_run: tuple[Path, str]) -
     # the search's prediction (top-2 average) and its single winner, each with its own test accuracy
     assert "top-2 searched heads averaged" in html and "0.8300" in html
     assert "best searched head" in html and "0.8167" in html
+    assert "Trial 0 won with the lowest validation loss." in html and "(minimize val_loss)" in html
+    assert html.count('class="member"') == 1  # trial 2; trial 0 is marked as the best
     assert (run_path / "advice.json").is_file()
 
 

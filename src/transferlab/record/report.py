@@ -119,8 +119,10 @@ def _trials(run: RunFiles) -> dict[str, Any] | None:
     return {
         "study": search.get("study_name"),
         "direction": search.get("direction"),
-        "metric": search.get("metric"),
+        "objective": search.get("objective") or search.get("metric"),
         "best": search.get("best") or {},
+        "members": (search.get("ensemble") or {}).get("trials") or [],
+        "explanation": search.get("explanation"),
         "param_names": names,
         "rows": search["trials"],
         "importance": data_uri(plots.importance_png(importance)) if importance else None,
