@@ -121,16 +121,16 @@ def _explain(record: dict[str, Any]) -> str:
         top = sorted(record["importance"].items(), key=lambda item: -item[1])[:3]
         text += " Most influential settings: " + ", ".join(f"{name} ({value:.2f})" for name, value in top) + "."
     members = record["ensemble"]["trials"]
-    final = f"the average of the top {len(members)} heads (trials {', '.join(map(str, members))})"
     if len(members) > 1:
         text += (
-            f" The search predicts with {final}: one winner picked on ~{record['n_val']} validation images is "
-            f"partly luck, an average of the best few is steadier."
+            f" The search predicts with the average of the top {len(members)} heads (trials "
+            f"{', '.join(map(str, members))}): one winner picked on {record['n_val']} validation images is partly "
+            f"luck, an average of the best few is steadier."
         )
     head, probe = record["test_metrics"].get(metric), record["probe_test_metrics"].get(metric)
     if head is not None and probe is not None:
         verdict = "beats" if head > probe else "matches" if head == probe else "does not beat"
-        name = final if len(members) > 1 else "the head"
+        name = f"the top-{len(members)} average" if len(members) > 1 else "the head"
         text += f" On the test split {name} {verdict} the plain probe ({metric} {head:.4f} vs {probe:.4f})"
         single = record["best"]["test_metrics"].get(metric)
         text += f"; the single best head scores {single:.4f}." if len(members) > 1 else "."
