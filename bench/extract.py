@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader
 
 from transferlab.backbones import load_backbone
 from transferlab.data import load_dataset
-from transferlab.features import FeatureCache, extract_features
+from transferlab.features import decide_precision, extract_features, feature_cache
 from transferlab.features.cache import content_hash
 from transferlab.features.extract import ImageFiles, collate_images
 
@@ -42,9 +42,10 @@ def naive_fp32(backbone, paths: list[Path], batch_size: int, workers: int) -> fl
 def ours(backbone, paths: list[Path], batch_size: int, workers: int) -> tuple[float, str]:
     digests = [content_hash(path) for path in paths]
     with tempfile.TemporaryDirectory() as cache_dir:
-        cache = FeatureCache(Path(cache_dir), backbone.identity())
+        precision = decide_precision(backbone, paths, digests, Path(cache_dir))
+        cache = feature_cache(backbone, Path(cache_dir), precision)
         report = extract_features(
-            backbone, paths, digests, cache, batch_size=batch_size, workers=workers, progress=False
+            backbone, paths, digests, cache, precision=precision, batch_size=batch_size, workers=workers, progress=False
         )
     return len(paths) / report.seconds, report.precision
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from transferlab.features import FeatureCache, extract_features
+from transferlab.features import extract_features, feature_cache
 from transferlab.pipeline import RunConfig, prepare
 from transferlab.search import search_heads
 from transferlab.search.data import HeadData
@@ -31,11 +31,12 @@ from transferlab.search.train import TrainParams, train_head
 def keras_style_epoch(prepared, scratch: Path, spec, params: TrainParams) -> float:
     """Seconds of one epoch when nothing is cached: backbone forward over train+val, then one head epoch."""
     start = time.perf_counter()
-    cache = FeatureCache(scratch / f"epoch-{time.monotonic_ns()}", prepared.backbone.identity())
+    precision = prepared.extraction.precision_used
+    cache = feature_cache(prepared.backbone, scratch / f"epoch-{time.monotonic_ns()}", precision)
     rows = np.concatenate([prepared.split.indices("train"), prepared.split.indices("val")])
     paths = [prepared.dataset.absolute(int(i)) for i in rows]
     digests = [prepared.hashes[int(i)] for i in rows]
-    extract_features(prepared.backbone, paths, digests, cache, progress=False)
+    extract_features(prepared.backbone, paths, digests, cache, precision=precision, progress=False)
     features = cache.load(digests, [prepared.config.cut_point])[prepared.config.cut_point]
     n_train = len(prepared.split.indices("train"))
     y = prepared.dataset.y[rows]

@@ -140,7 +140,7 @@ def make_run(
             "extraction_seconds": 3.0,
             "probe_fit_seconds": 0.4,
             "total_seconds": 5.5,
-            "extraction": {"computed": 12, "cached": 0, "images_per_second": 40.0},
+            "extraction": {"computed": 12, "cached": 0, "images_per_second": 40.0, "precision": "bf16"},
         },
     )
     _write_csv(

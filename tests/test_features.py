@@ -13,7 +13,9 @@ from skimage import data as skdata
 from transferlab.backbones import DEFAULT_BACKBONE, load_backbone
 from transferlab.features import FeatureCache, extract_features
 from transferlab.features.cache import content_hash
-from transferlab.features.extract import BF16_MIN_COSINE, choose_precision
+from transferlab.features.extract import BF16_MIN_COSINE, Precision, choose_precision, decide_precision, feature_cache
+
+FP32 = Precision("fp32")
 
 
 def test_bf16_features_stay_within_cosine_bound_of_fp32_on_real_photos() -> None:
@@ -48,7 +50,13 @@ def test_cache_reuse_skips_the_forward_pass(tmp_path: Path, tiny_weights: Path, 
     paths = _files(tmp_path / "img")
     digests = [content_hash(p) for p in paths]
     first = extract_features(
-        backbone, paths, digests, FeatureCache(tmp_path / "c", backbone.identity()), workers=0, progress=False
+        backbone,
+        paths,
+        digests,
+        feature_cache(backbone, tmp_path / "c", FP32),
+        precision=FP32,
+        workers=0,
+        progress=False,
     )
     assert first.computed == len(paths)
 
@@ -56,16 +64,44 @@ def test_cache_reuse_skips_the_forward_pass(tmp_path: Path, tiny_weights: Path, 
         raise AssertionError("backbone ran although every image is cached")
 
     monkeypatch.setattr(type(backbone), "features", forbidden)
-    cache = FeatureCache(tmp_path / "c", backbone.identity())  # a new process would open the cache like this
-    second = extract_features(backbone, paths, digests, cache, workers=0, progress=False)
+    cache = feature_cache(backbone, tmp_path / "c", FP32)  # a new process would open the cache like this
+    second = extract_features(backbone, paths, digests, cache, precision=FP32, workers=0, progress=False)
     assert (second.computed, second.cached) == (0, len(paths))
     assert set(cache.load(digests, ["head"])) == {"head"}
 
 
-def test_cache_key_changes_with_weights_and_preprocessing(tmp_path: Path, tiny_weights: Path) -> None:
+def test_cache_key_changes_with_weights_preprocessing_and_precision(tmp_path: Path, tiny_weights: Path) -> None:
     a = load_backbone("test_efficientnet", tiny_weights, image_size=32)
     b = load_backbone("test_efficientnet", tiny_weights, image_size=48)
-    assert FeatureCache(tmp_path, a.identity()).key != FeatureCache(tmp_path, b.identity()).key
+    assert feature_cache(a, tmp_path, FP32).key != feature_cache(b, tmp_path, FP32).key
+    # bf16 and fp32 features of the same image differ by ~5% (demo photos): they must never share a cache
+    assert feature_cache(a, tmp_path, FP32).key != feature_cache(a, tmp_path, Precision("bf16", 0.995)).key
+
+
+def test_precision_depends_on_the_images_not_on_their_order_or_the_cache(
+    tmp_path: Path, tiny_weights: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    backbone = load_backbone("test_efficientnet", tiny_weights, image_size=32)
+    paths = _files(tmp_path / "img", 12)
+    digests = [content_hash(p) for p in paths]
+    calibrated: list[int] = []
+    real_choose = choose_precision
+
+    def counting(model, images):
+        calibrated.append(len(images))
+        return real_choose(model, images)
+
+    monkeypatch.setattr("transferlab.features.extract.choose_precision", counting)
+    first = decide_precision(backbone, paths, digests, tmp_path / "c")
+    assert calibrated == [8]  # the first 8 images by content hash
+    # another order of the same files, after part of them was cached: the remembered decision, no backbone run
+    again = decide_precision(backbone, paths[::-1], digests[::-1], tmp_path / "c")
+    assert again == first and calibrated == [8]
+    # other images (e.g. a subset that changes the calibration set) are calibrated on their own
+    decide_precision(backbone, paths[:4], digests[:4], tmp_path / "c")
+    assert calibrated == [8, 4]
+    monkeypatch.setenv("TRANSFERLAB_FP32", "1")
+    assert decide_precision(backbone, paths, digests, tmp_path / "c") == FP32
 
 
 def test_features_identical_for_same_content_under_another_name(tmp_path: Path, tiny_weights: Path) -> None:
@@ -75,8 +111,8 @@ def test_features_identical_for_same_content_under_another_name(tmp_path: Path, 
     copy.write_bytes(paths[0].read_bytes())
     digests = [content_hash(p) for p in [*paths, copy]]
     assert digests[0] == digests[2]
-    cache = FeatureCache(tmp_path / "c", backbone.identity())
-    report = extract_features(backbone, [*paths, copy], digests, cache, workers=0, progress=False)
+    cache = feature_cache(backbone, tmp_path / "c", FP32)
+    report = extract_features(backbone, [*paths, copy], digests, cache, precision=FP32, workers=0, progress=False)
     assert report.computed == 2  # the copy is computed once
 
 
@@ -103,7 +139,8 @@ def test_undecodable_images_are_reported_not_fatal(tmp_path: Path, tiny_weights:
         backbone,
         paths,
         digests,
-        FeatureCache(tmp_path / "c", backbone.identity()),
+        feature_cache(backbone, tmp_path / "c", FP32),
+        precision=FP32,
         workers=0,
         progress=False,
         batch_size=2,

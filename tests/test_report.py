@@ -41,6 +41,7 @@ def test_complete_run_has_every_section_inline(complete_run: tuple[Path, str]) -
     assert "restart at epoch 2" in html and "Fine-tuning stage &#39;top blocks&#39;" in html
     assert html.count("head started from: probe") == 1  # said once, on the first stage
     assert "812 MB" in html and "0.012" in html and "2.50 s" in html  # peak memory, GFLOPs, seconds per epoch
+    assert "<td>features computed in</td><td>bf16</td>" in html
     assert "fine-tuned" in html and "0.8600" in html  # the final model's test accuracy
     # the search's prediction (top-2 average) and its single winner, each with its own test accuracy
     assert "top-2 searched heads averaged" in html and "0.8300" in html

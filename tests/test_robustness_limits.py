@@ -35,18 +35,21 @@ _MEASURE = textwrap.dedent(
     import json, resource, sys
     from pathlib import Path
     from transferlab.backbones import load_backbone
-    from transferlab.features import FeatureCache, extract_features
+    from transferlab.features import Precision, extract_features, feature_cache
     from transferlab.features.cache import content_hash
 
     weights, small, large, cache = sys.argv[1:5]
     backbone = load_backbone("test_efficientnet", weights, image_size=8)
+    FP32 = Precision("fp32")
 
     def extract(folder, name):
         paths = sorted(Path(folder).rglob("*.png"))
         digests = [content_hash(p) for p in paths]
-        store = FeatureCache(Path(cache) / name, backbone.identity())
+        store = feature_cache(backbone, Path(cache) / name, FP32)
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        report = extract_features(backbone, paths, digests, store, batch_size=128, workers=0, progress=False)
+        report = extract_features(
+            backbone, paths, digests, store, precision=FP32, batch_size=128, workers=0, progress=False
+        )
         return before, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, report.computed
 
     _, warm, small_n = extract(small, "small")

@@ -21,7 +21,7 @@ from transferlab.data import ImageDataset, Problem, load_dataset, make_split, st
 from transferlab.data.dataset import printable
 from transferlab.data.split import SPLITS, Split, split_digest
 from transferlab.errors import TransferlabError
-from transferlab.features import FeatureCache, default_cache_dir, extract_features
+from transferlab.features import FeatureCache, decide_precision, default_cache_dir, extract_features, feature_cache
 from transferlab.features.cache import content_hash
 from transferlab.features.extract import ExtractionReport
 from transferlab.probe import fit_probe
@@ -174,10 +174,19 @@ def prepare(
     readable = [i for i, digest in enumerate(digests) if digest is not None]
     dataset, hashes = dataset.subset(readable), [digests[i] for i in readable]
 
-    cache = FeatureCache(Path(cache_dir) if cache_dir else default_cache_dir(), backbone.identity())
+    root = Path(cache_dir) if cache_dir else default_cache_dir()
     paths = [dataset.absolute(i) for i in range(len(dataset))]
+    precision = decide_precision(backbone, paths, hashes, root)
+    cache = feature_cache(backbone, root, precision)
     extraction = extract_features(
-        backbone, paths, hashes, cache, batch_size=config.batch_size, workers=config.workers, progress=progress
+        backbone,
+        paths,
+        hashes,
+        cache,
+        precision=precision,
+        batch_size=config.batch_size,
+        workers=config.workers,
+        progress=progress,
     )
     problems += [
         Problem(str(Path(path).relative_to(dataset.root)), reason) for path, reason in extraction.failed.items()

@@ -1,12 +1,17 @@
 """Batched multi-depth feature extraction with the fast CPU path (channels_last + bf16 autocast) when it is accurate.
 
-bf16 roughly doubles CPU throughput but is not safe for every model, so the first batch is run both ways and bf16
-is kept only if every cut point's features stay within cosine similarity 0.99 of float32. Images that cannot be
-decoded are reported by name and reason and left out; nothing else stops.
+bf16 roughly doubles CPU throughput but is not safe for every model, so a calibration batch is run both ways and
+bf16 is kept only if every cut point's features stay within cosine similarity 0.99 of float32. The calibration
+images are the dataset's first by content hash, not whichever images happen to be uncached, and the decision is
+part of the cache key: the same images and backbone always get the same precision, and features of two precisions
+never mix in one cache. Images that cannot be decoded are reported by name and reason and left out; nothing else
+stops.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import time
 from collections.abc import Callable
@@ -21,8 +26,10 @@ from tqdm import tqdm
 from transferlab.backbones.model import Backbone
 from transferlab.data.images import ImageLoadError, load_image
 from transferlab.features.cache import FeatureCache
+from transferlab.fileio import read_json, write_json
 
 BF16_MIN_COSINE = 0.99
+CALIBRATION_IMAGES = 8
 SHARD_SIZE = 512
 
 
@@ -67,8 +74,12 @@ class ExtractionReport:
     cached: int = 0
     failed: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
-    precision: str = "none"
+    precision: str = "fp32"
     bf16_min_cosine: float | None = None
+
+    @property
+    def precision_used(self) -> Precision:
+        return Precision(self.precision, self.bf16_min_cosine)
 
     @property
     def images_per_second(self) -> float | None:
@@ -84,10 +95,15 @@ def _min_cosine(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float
     return min(float(torch.nn.functional.cosine_similarity(a[k], b[k], dim=1).mean()) for k in a)
 
 
+def _fp32_forced() -> bool:
+    """No oneDNN bf16 kernels, or the user set ``TRANSFERLAB_FP32=1``."""
+    return not torch.backends.mkldnn.is_available() or os.environ.get("TRANSFERLAB_FP32") == "1"
+
+
 def choose_precision(backbone: Backbone, images: torch.Tensor) -> tuple[str, float | None]:
     """'bf16' if autocast keeps every cut point's features within the cosine bound of float32 (on average over the
     first batch), else 'fp32'."""
-    if not torch.backends.mkldnn.is_available() or os.environ.get("TRANSFERLAB_FP32") == "1":
+    if _fp32_forced():
         return "fp32", None
     with torch.inference_mode():
         reference = backbone.features(images)
@@ -97,18 +113,66 @@ def choose_precision(backbone: Backbone, images: torch.Tensor) -> tuple[str, flo
     return ("bf16" if cosine > BF16_MIN_COSINE else "fp32"), cosine
 
 
+@dataclass(frozen=True)
+class Precision:
+    """How features are computed: 'bf16' (autocast) or 'fp32', and the calibration cosine that decided it."""
+
+    name: str
+    bf16_min_cosine: float | None = None
+
+
+def feature_cache(backbone: Backbone, root: Path, precision: Precision) -> FeatureCache:
+    """The cache of ``backbone``'s pooled features computed at ``precision`` (each precision has its own)."""
+    return FeatureCache(root, {**backbone.identity(), "precision": precision.name})
+
+
+def decide_precision(backbone: Backbone, paths: list[Path], digests: list[str], root: Path) -> Precision:
+    """The precision for these images: :func:`choose_precision` on the first decodable images by content hash.
+
+    Remembered under ``<root>/precision/`` by backbone identity and calibration hashes, so a fully cached run does
+    not run the backbone at all. ``TRANSFERLAB_FP32=1`` forces fp32 (and is not remembered).
+    """
+    if _fp32_forced():
+        return Precision("fp32")
+    files = ImageFiles([paths[i] for i in sorted(range(len(digests)), key=digests.__getitem__)], backbone.transform())
+    rows, images = [], []
+    for index in range(len(files)):
+        _, image, reason = files[index]
+        if not reason:
+            rows.append(index)
+            images.append(image)
+        if len(images) == CALIBRATION_IMAGES:
+            break
+    if not images:
+        return Precision("fp32")
+    calibration = sorted(digests)
+    key = json.dumps([backbone.identity(), [calibration[i] for i in rows]], sort_keys=True)
+    memo = Path(root) / "precision" / f"{hashlib.sha256(key.encode()).hexdigest()[:20]}.json"
+    if memo.is_file():
+        return Precision(**read_json(memo))
+    batch = torch.stack(images).contiguous(memory_format=torch.channels_last)
+    precision = Precision(*choose_precision(backbone, batch))
+    memo.parent.mkdir(parents=True, exist_ok=True)
+    write_json(memo, {"name": precision.name, "bf16_min_cosine": precision.bf16_min_cosine})
+    return precision
+
+
 def extract_features(
     backbone: Backbone,
     paths: list[Path],
     digests: list[str],
     cache: FeatureCache,
     *,
+    precision: Precision,
     batch_size: int = 32,
     workers: int | None = None,
     progress: bool = True,
 ) -> ExtractionReport:
-    """Compute and cache features for every image whose content hash is not cached yet."""
-    report = ExtractionReport()
+    """Compute and cache features for every image whose content hash is not cached yet.
+
+    ``precision`` (from :func:`decide_precision`) must be the one ``cache`` is keyed by.
+    """
+    report = ExtractionReport(precision=precision.name, bf16_min_cosine=precision.bf16_min_cosine)
     todo = [i for i, digest in enumerate(digests) if digest not in cache]
     seen: dict[str, int] = {}
     todo = [i for i in todo if seen.setdefault(digests[i], i) == i]
@@ -134,8 +198,6 @@ def extract_features(
                 failed_digests[digests[todo[local]]] = reason
             if images is not None:
                 images = images.contiguous(memory_format=torch.channels_last)
-                if report.precision == "none":
-                    report.precision, report.bf16_min_cosine = choose_precision(backbone, images[:8])
                 with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16, enabled=report.precision == "bf16"):
                     batch = backbone.features(images)
                 pending_digests.extend(digests[todo[i]] for i in local_indices)

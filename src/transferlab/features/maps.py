@@ -19,7 +19,7 @@ from torch import nn
 from transferlab.backbones.model import HEAD, Backbone
 from transferlab.data.split import SPLITS
 from transferlab.features.cache import FeatureCache
-from transferlab.features.extract import extract_features
+from transferlab.features.extract import Precision, extract_features
 
 if TYPE_CHECKING:
     from transferlab.pipeline import PreparedData
@@ -51,9 +51,12 @@ class _MapView:
         return {MAP: maps}
 
 
-def map_cache(backbone: Backbone, root: str, cut_point: str, size: int = MAP_SIZE) -> FeatureCache:
-    """The float16 cache of ``cut_point`` maps, keyed by the backbone identity plus cut point and map size."""
-    return FeatureCache(root, {**backbone.identity(), "maps": cut_point, "map_size": size}, dtype=np.float16)
+def map_cache(
+    backbone: Backbone, root: str, cut_point: str, precision: Precision, size: int = MAP_SIZE
+) -> FeatureCache:
+    """The float16 cache of ``cut_point`` maps, keyed by the backbone identity, precision, cut point and map size."""
+    identity = {**backbone.identity(), "precision": precision.name, "maps": cut_point, "map_size": size}
+    return FeatureCache(root, identity, dtype=np.float16)
 
 
 def cached_maps(
@@ -61,12 +64,20 @@ def cached_maps(
 ) -> dict[str, np.ndarray]:
     """Float16 (N, C, h, w) maps per split for a ``PreparedData``; computed once, then read from the cache."""
     name = cut_point or prepared.config.cut_point
-    cache = map_cache(prepared.backbone, prepared.cache.directory.parent.parent, name, size)
+    precision = prepared.extraction.precision_used
+    cache = map_cache(prepared.backbone, prepared.cache.directory.parent.parent, name, precision, size)
     paths = [prepared.dataset.absolute(i) for i in range(len(prepared.dataset))]
     view = _MapView(prepared.backbone, name, size)
     config = prepared.config
     extract_features(
-        view, paths, prepared.hashes, cache, batch_size=config.batch_size, workers=config.workers, progress=progress
+        view,
+        paths,
+        prepared.hashes,
+        cache,
+        precision=precision,
+        batch_size=config.batch_size,
+        workers=config.workers,
+        progress=progress,
     )
     matrix = cache.load(prepared.hashes, [MAP])[MAP]
     return {s: matrix[prepared.split.indices(s)] for s in SPLITS}

@@ -166,6 +166,7 @@ def _cost(run: RunFiles) -> list[tuple[str, str]]:
         ("fine-tuned model on disk", _file_mb(run.path / "finetuned.safetensors"), "{:.1f} MB"),
         ("GFLOPs per image", _ranking_row(run).get("gflops"), "{:.3f}"),
         ("feature extraction", extraction.get("images_per_second"), "{:.1f} images/s"),
+        ("features computed in", extraction.get("precision"), "{}"),
         ("seconds per epoch", _seconds_per_epoch(run), "{:.2f} s"),
         ("probe fit", run.timings.get("probe_fit_seconds"), "{:.1f} s"),
         ("total run time", run.timings.get("total_seconds"), "{:.1f} s"),
