@@ -11,7 +11,7 @@ from PIL import Image
 from skimage import data as skdata
 
 from transferlab.backbones import DEFAULT_BACKBONE, load_backbone
-from transferlab.features import FeatureCache, extract_features
+from transferlab.features import ExtractionReport, FeatureCache, extract_features
 from transferlab.features.cache import content_hash
 from transferlab.features.extract import BF16_MIN_COSINE, Precision, choose_precision, decide_precision, feature_cache
 
@@ -45,19 +45,16 @@ def _files(folder: Path, n: int = 6) -> list[Path]:
     return paths
 
 
+def _extract_fp32(backbone, paths: list[Path], digests: list[str], root: Path, **options) -> ExtractionReport:
+    cache = feature_cache(backbone, root, FP32)
+    return extract_features(backbone, paths, digests, cache, precision=FP32, workers=0, progress=False, **options)
+
+
 def test_cache_reuse_skips_the_forward_pass(tmp_path: Path, tiny_weights: Path, monkeypatch) -> None:
     backbone = load_backbone("test_efficientnet", tiny_weights, image_size=32)
     paths = _files(tmp_path / "img")
     digests = [content_hash(p) for p in paths]
-    first = extract_features(
-        backbone,
-        paths,
-        digests,
-        feature_cache(backbone, tmp_path / "c", FP32),
-        precision=FP32,
-        workers=0,
-        progress=False,
-    )
+    first = _extract_fp32(backbone, paths, digests, tmp_path / "c")
     assert first.computed == len(paths)
 
     def forbidden(*args, **kwargs):
@@ -111,8 +108,7 @@ def test_features_identical_for_same_content_under_another_name(tmp_path: Path, 
     copy.write_bytes(paths[0].read_bytes())
     digests = [content_hash(p) for p in [*paths, copy]]
     assert digests[0] == digests[2]
-    cache = feature_cache(backbone, tmp_path / "c", FP32)
-    report = extract_features(backbone, [*paths, copy], digests, cache, precision=FP32, workers=0, progress=False)
+    report = _extract_fp32(backbone, [*paths, copy], digests, tmp_path / "c")
     assert report.computed == 2  # the copy is computed once
 
 
@@ -135,15 +131,6 @@ def test_undecodable_images_are_reported_not_fatal(tmp_path: Path, tiny_weights:
     bad.write_text("not an image")
     paths.append(bad)
     digests = [content_hash(p) for p in paths]
-    report = extract_features(
-        backbone,
-        paths,
-        digests,
-        feature_cache(backbone, tmp_path / "c", FP32),
-        precision=FP32,
-        workers=0,
-        progress=False,
-        batch_size=2,
-    )
+    report = _extract_fp32(backbone, paths, digests, tmp_path / "c", batch_size=2)
     assert report.computed == 3
     assert list(report.failed) == [str(bad)]
