@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import TINY_BACKBONE, TINY_SIZE, make_class_folder
 from PIL import Image
 from skimage import data as skdata
 
@@ -14,6 +15,7 @@ from transferlab.backbones import DEFAULT_BACKBONE, load_backbone
 from transferlab.features import ExtractionReport, FeatureCache, extract_features
 from transferlab.features.cache import content_hash
 from transferlab.features.extract import BF16_MIN_COSINE, Precision, choose_precision, decide_precision, feature_cache
+from transferlab.pipeline import RunConfig, prepare
 
 FP32 = Precision("fp32")
 
@@ -134,3 +136,26 @@ def test_undecodable_images_are_reported_not_fatal(tmp_path: Path, tiny_weights:
     report = _extract_fp32(backbone, paths, digests, tmp_path / "c", batch_size=2)
     assert report.computed == 3
     assert list(report.failed) == [str(bad)]
+
+
+def test_bf16_training_features_with_fp32_validation_and_test(
+    tmp_path: Path, tiny_weights: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Reported metrics must be the deployed (fp32) model's: held-out rows are fp32 even when training rows are bf16."""
+    config = RunConfig(
+        str(make_class_folder(tmp_path / "data")), TINY_BACKBONE, str(tiny_weights), image_size=TINY_SIZE
+    )
+    options = {"cache_dir": tmp_path / "cache", "progress": False, "echo": lambda _: None}
+    monkeypatch.setenv("TRANSFERLAB_FP32", "1")
+    fp32 = prepare(config, **options)
+    monkeypatch.delenv("TRANSFERLAB_FP32")
+    monkeypatch.setattr("transferlab.pipeline.decide_precision", lambda *_: Precision("bf16", 0.999))
+    mixed = prepare(config, **options)
+    assert mixed.extraction.precision == "bf16" and fp32.held_out is None
+    assert mixed.held_out is not None and mixed.held_out.report.computed == 0  # the fp32 cache already had them
+    assert len(mixed.held_out.rows) == len(mixed.split.indices("val")) + len(mixed.split.indices("test"))
+    ours, reference = mixed.features(), fp32.features()
+    for split_name in ("val", "test"):
+        np.testing.assert_array_equal(ours[split_name], reference[split_name])
+    assert not np.array_equal(ours["train"], reference["train"])  # bf16 rounding
+    np.testing.assert_allclose(ours["train"], reference["train"], rtol=0.1, atol=0.1)

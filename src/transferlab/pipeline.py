@@ -23,7 +23,7 @@ from transferlab.data.split import SPLITS, Split, split_digest
 from transferlab.errors import TransferlabError
 from transferlab.features import FeatureCache, decide_precision, default_cache_dir, extract_features, feature_cache
 from transferlab.features.cache import content_hash
-from transferlab.features.extract import ExtractionReport
+from transferlab.features.extract import ExtractionReport, HeldOut, extract_held_out, load_features
 from transferlab.probe import fit_probe
 from transferlab.probe.metrics import headline
 from transferlab.record import RunDir, environment
@@ -134,11 +134,13 @@ class PreparedData:
     cache: FeatureCache
     extraction: ExtractionReport
     problems: list[Problem]
+    held_out: HeldOut | None = None
 
     def features(self, cut_point: str | None = None) -> dict[str, np.ndarray]:
-        """Cached features at ``cut_point`` (default: the configured one), per split name."""
+        """Cached features at ``cut_point`` (default: the configured one), per split name; validation and test
+        features are fp32 (what deployment runs) even when training features are bf16."""
         name = cut_point or self.config.cut_point
-        matrix = self.cache.load(self.hashes, [name])[name]
+        matrix = load_features(self.cache, self.held_out, self.hashes, name)
         return {s: matrix[self.split.indices(s)] for s in SPLITS}
 
     def targets(self) -> dict[str, np.ndarray]:
@@ -202,7 +204,18 @@ def prepare(
     split = make_split(
         dataset.y, hashes, seed=config.seed, val_fraction=config.val_fraction, test_fraction=config.test_fraction
     )
-    return PreparedData(config, dataset, hashes, split, backbone, cache, extraction, problems)
+    held_out = extract_held_out(
+        backbone,
+        [dataset.absolute(i) for i in range(len(dataset))],
+        hashes,
+        split.held_out_rows(),
+        lambda chosen: feature_cache(backbone, root, chosen),
+        precision,
+        batch_size=config.batch_size,
+        workers=config.workers,
+        progress=progress,
+    )
+    return PreparedData(config, dataset, hashes, split, backbone, cache, extraction, problems, held_out)
 
 
 def run(
@@ -236,7 +249,7 @@ def run(
 
     run_dir = RunDir(Path(runs_dir), name or default_run_name(Path(config.data)))
     timings = {
-        "extraction_seconds": extraction.seconds,
+        "extraction_seconds": extraction.seconds + (prepared.held_out.report.seconds if prepared.held_out else 0.0),
         "probe_fit_seconds": probe.fit_seconds,
         "total_seconds": time.perf_counter() - started,
     }
@@ -245,6 +258,14 @@ def run(
         "images_per_second": extraction.images_per_second,
         "failed": len(extraction.failed),
         "cache_key": cache.key,
+        # validation + test again in fp32 when training features are bf16 (reported metrics = deployed model's)
+        "held_out_fp32": None
+        if prepared.held_out is None
+        else {
+            "images": len(prepared.held_out.rows),
+            "computed": prepared.held_out.report.computed,
+            "seconds": prepared.held_out.report.seconds,
+        },
     }
     record = {
         "task": "multi-label" if dataset.multilabel else "single-label",

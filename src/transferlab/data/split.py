@@ -64,6 +64,10 @@ class Split:
     def indices(self, name: str) -> np.ndarray:
         return np.flatnonzero(self.assignment == name)
 
+    def held_out_rows(self) -> np.ndarray:
+        """Rows of validation and test: what metrics are reported on."""
+        return np.flatnonzero(self.assignment != "train")
+
     def counts(self) -> dict[str, int]:
         return {name: int((self.assignment == name).sum()) for name in SPLITS}
 

@@ -19,7 +19,7 @@ from torch import nn
 from transferlab.backbones.model import HEAD, Backbone
 from transferlab.data.split import SPLITS
 from transferlab.features.cache import FeatureCache
-from transferlab.features.extract import Precision, extract_features
+from transferlab.features.extract import Precision, extract_features, extract_held_out, load_features
 
 if TYPE_CHECKING:
     from transferlab.pipeline import PreparedData
@@ -62,22 +62,27 @@ def map_cache(
 def cached_maps(
     prepared: PreparedData, cut_point: str | None = None, size: int = MAP_SIZE, progress: bool = False
 ) -> dict[str, np.ndarray]:
-    """Float16 (N, C, h, w) maps per split for a ``PreparedData``; computed once, then read from the cache."""
+    """Float16 (N, C, h, w) maps per split for a ``PreparedData``; computed once, then read from the cache.
+
+    Like pooled features, validation and test maps are fp32 computations even when training maps are bf16.
+    """
     name = cut_point or prepared.config.cut_point
+    root = prepared.cache.directory.parent.parent
     precision = prepared.extraction.precision_used
-    cache = map_cache(prepared.backbone, prepared.cache.directory.parent.parent, name, precision, size)
     paths = [prepared.dataset.absolute(i) for i in range(len(prepared.dataset))]
     view = _MapView(prepared.backbone, name, size)
     config = prepared.config
-    extract_features(
+    options = {"batch_size": config.batch_size, "workers": config.workers, "progress": progress}
+    cache = map_cache(prepared.backbone, root, name, precision, size)
+    extract_features(view, paths, prepared.hashes, cache, precision=precision, **options)
+    held_out = extract_held_out(
         view,
         paths,
         prepared.hashes,
-        cache,
-        precision=precision,
-        batch_size=config.batch_size,
-        workers=config.workers,
-        progress=progress,
+        prepared.split.held_out_rows(),
+        lambda chosen: map_cache(prepared.backbone, root, name, chosen, size),
+        precision,
+        **options,
     )
-    matrix = cache.load(prepared.hashes, [MAP])[MAP]
+    matrix = load_features(cache, held_out, prepared.hashes, MAP)
     return {s: matrix[prepared.split.indices(s)] for s in SPLITS}
