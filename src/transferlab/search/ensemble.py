@@ -4,7 +4,7 @@ Why not the single winner: with ~100 validation images the lowest validation los
 so the single winner's test score is a coin flip around the plain probe's. Averaging the top few heads (what
 auto-sklearn and AutoGluon ship as their final model) keeps what the trials agree on and cancels what each got
 lucky with. On the demo photos (bench/search_quality.py, docs/benchmarks.md) the average beat the single winner on
-average over every set of runs measured, by 0.1 to 0.7 points, and cut the default command's worst case.
+average over every set of runs measured, by 0.1 to 0.9 points.
 """
 
 from __future__ import annotations
