@@ -42,10 +42,9 @@ def main() -> None:
     torch.set_num_threads(2)
     with tempfile.TemporaryDirectory() as scratch:
         run = transferlab.run(
-            DEMO,
+            transferlab.RunConfig(str(DEMO), subset=args.subset),
             runs_dir=Path(scratch) / "runs",
             cache_dir=Path(scratch) / "cache",
-            subset=args.subset,
             progress=False,
             name="bench",
         )

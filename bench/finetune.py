@@ -20,8 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
+from transferlab.config import RunConfig
 from transferlab.finetune import FinetuneOptions, finetune, freeze_units
-from transferlab.pipeline import RunConfig, prepare
+from transferlab.prepare import prepare
 
 DEMO = Path(__file__).resolve().parents[1] / "examples" / "fashion"
 

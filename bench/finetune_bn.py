@@ -16,8 +16,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from transferlab.config import RunConfig
 from transferlab.finetune import FinetuneOptions, finetune
-from transferlab.pipeline import RunConfig, prepare
+from transferlab.prepare import prepare
 
 DEMO = Path(__file__).resolve().parents[1] / "examples" / "fashion"
 

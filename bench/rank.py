@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from transferlab.pipeline import RunConfig, prepare
+from transferlab.config import RunConfig
+from transferlab.prepare import prepare
 from transferlab.rank.logme import logme_score
 from transferlab.rank.ranking import train_val_targets
 from transferlab.rank.scores import cv_folds, knn_cv, probe_cv

@@ -15,7 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from transferlab.record.report import write_report
+from transferlab.report import write_report
 
 STAGE_FILES = ("ranking.json", "search.json", "fractions.json", "finetune.json", "augmentation_preview.png")
 

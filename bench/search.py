@@ -20,8 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
+from transferlab.config import RunConfig
 from transferlab.features import extract_features, feature_cache
-from transferlab.pipeline import RunConfig, prepare
+from transferlab.prepare import prepare
 from transferlab.search import search_heads
 from transferlab.search.data import HeadData
 from transferlab.search.space import decode

@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 import optuna
 
-from transferlab.pipeline import RunConfig, prepare
+from transferlab.config import RunConfig
+from transferlab.prepare import prepare
 from transferlab.search import search_heads
 
 

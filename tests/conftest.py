@@ -7,6 +7,7 @@ EfficientNet-Lite0 and the real demo photos.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -70,3 +71,14 @@ def make_class_folder(
 @pytest.fixture
 def class_folder(tmp_path: Path) -> Path:
     return make_class_folder(tmp_path / "data")
+
+
+RUN_OUTPUT = ("runs_dir", "name", "cache_dir", "progress", "echo")
+
+
+def run_with(data: str | Path, **options: Any) -> Any:
+    """``transferlab.run`` called with RunConfig fields and output keywords in one dict, as most tests hold them."""
+    import transferlab
+
+    where = {key: options.pop(key) for key in RUN_OUTPUT if key in options}
+    return transferlab.run(transferlab.RunConfig(data=str(data), **options), **where)

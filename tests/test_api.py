@@ -7,8 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import make_class_folder
+from sklearn.base import clone
 
-from transferlab import ImageClassifier, TransferlabError
+from transferlab import ImageClassifier, RunConfig, TransferlabError
 
 
 def _classifier(options: dict, **extra) -> ImageClassifier:
@@ -42,6 +43,8 @@ def test_fit_predict_score_and_load_round_trip(tiny_run_options: dict, class_fol
     assert clf.score(holdout) == pytest.approx(1.0)
     reloaded = ImageClassifier.load(clf.run_dir_)
     assert (reloaded.backbone, reloaded.cut_point, reloaded.seed) == ("test_efficientnet", "head", 0)
+    fitted_config = {k: v for k, v in clf.get_params().items() if k not in ("runs_dir", "name", "cache_dir")}
+    assert {k: reloaded.get_params()[k] for k in fitted_config} == {**fitted_config, "progress": False}
     np.testing.assert_allclose(reloaded.predict_proba(files), clf.predict_proba(files), atol=1e-6)
 
     (holdout / "red" / "broken.png").write_bytes(b"not an image")
@@ -52,3 +55,17 @@ def test_fit_predict_score_and_load_round_trip(tiny_run_options: dict, class_fol
     unknown = make_class_folder(tmp_path / "unknown", per_class=2, classes=("red", "purple"))
     with pytest.raises(TransferlabError, match="classes the model does not know: purple"):
         clf.score(unknown)
+
+
+def test_parameters_are_explicit_so_sklearn_can_clone_and_set_them(tiny_run_options: dict) -> None:
+    clf = _classifier(tiny_run_options, trials=4, fractions=[0.5, 1.0], subset=0.5)
+    params = clf.get_params()
+    assert params["trials"] == 4 and params["subset"] == 0.5 and params["backbone"] == "test_efficientnet"
+    twin = clone(clf)
+    assert twin is not clf and twin.get_params() == params
+    twin.set_params(trials=9, seed=3)
+    assert twin.run_config("photos") == RunConfig(**{**clf.run_config("photos").to_dict(), "trials": 9, "seed": 3})
+    with pytest.raises(TransferlabError, match="--trials must be >= 0"):
+        twin.set_params(trials=-2).run_config("photos")
+    with pytest.raises(ValueError, match="Invalid parameter"):
+        twin.set_params(colour="red")

@@ -11,9 +11,10 @@ from skimage import data as skdata
 
 from transferlab.backbones import DEFAULT_BACKBONE, load_backbone
 from transferlab.backbones.efficientnet_pytorch import to_timm
-from transferlab.backbones.model import HEAD, load_state_dict
+from transferlab.backbones.model import HEAD
 from transferlab.backbones.registry import available_backbones, packaged_weights, resolve_weights
 from transferlab.errors import TransferlabError
+from transferlab.model.weights import read_weights
 
 CAT_CLASSES = {281, 282, 283, 284, 285}  # tabby, tiger cat, Persian, Siamese, Egyptian cat
 ESPRESSO = 967
@@ -47,7 +48,7 @@ def test_lite_preprocessing_is_the_tf_port_config(lite0_with_classifier) -> None
 def test_key_mapping_covers_every_tensor_exactly(name: str) -> None:
     import timm
 
-    source = load_state_dict(packaged_weights(name))
+    source = read_weights(packaged_weights(name))
     model = timm.create_model(name, pretrained=False)
     mapped = to_timm(source, model)
     assert set(mapped) == set(model.state_dict())

@@ -5,25 +5,23 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import DEMO, DEMO_MULTILABEL
-
-import transferlab
+from conftest import DEMO, DEMO_MULTILABEL, run_with
 
 pytestmark = pytest.mark.slow
 
 
 def test_demo_photos_probe_far_above_chance_and_rerun_hits_cache(tmp_path: Path) -> None:
     options = {"cache_dir": tmp_path / "cache", "runs_dir": tmp_path / "runs", "progress": False}
-    first = transferlab.run(DEMO, name="demo", **options)
+    first = run_with(DEMO, name="demo", **options)
     assert first.extraction["computed"] == 800 and first.extraction["precision"] == "bf16"
     assert first.metrics["test"]["accuracy"] > 0.6  # chance is 0.10
     assert first.report_path.is_file()
-    again = transferlab.run(DEMO, name="again", **options)
+    again = run_with(DEMO, name="again", **options)
     assert again.extraction["computed"] == 0 and again.extraction["cached"] == 800
     assert again.metrics == first.metrics
 
 
 def test_demo_mosaics_multilabel_map(tmp_path: Path) -> None:
-    result = transferlab.run(DEMO_MULTILABEL, cache_dir=tmp_path / "c", runs_dir=tmp_path / "r", progress=False)
+    result = run_with(DEMO_MULTILABEL, cache_dir=tmp_path / "c", runs_dir=tmp_path / "r", progress=False)
     assert result.record["task"] == "multi-label"
     assert result.metrics["test"]["mAP"] > 0.6 and result.metrics["test"]["macro_auc"] > 0.85

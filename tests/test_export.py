@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import timm
 import torch
-from conftest import DEMO, TINY_BACKBONE, TINY_SIZE, make_class_folder
+from conftest import DEMO, TINY_BACKBONE, TINY_SIZE, make_class_folder, run_with
 from safetensors.torch import save_file
 
 import transferlab
@@ -20,13 +20,13 @@ from transferlab.data.images import load_image
 from transferlab.errors import TransferlabError
 from transferlab.export import export_onnx
 from transferlab.export.onnx import INPUT_NAME, onnx_session, preprocessing_description
-from transferlab.finetune.network import build_network, saved_state
+from transferlab.finetune.network import build_network
 from transferlab.heads import HeadSpec
 from transferlab.model import load_run_model
-from transferlab.model.probe_head import ProbeHead
+from transferlab.model.network import saved_state
+from transferlab.model.probe_head import ProbeHead, probe_tensors
 from transferlab.predict import collect_inputs, load_predictor, predict_paths
 from transferlab.probe import fit_probe
-from transferlab.record.saved_probe import probe_tensors
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +36,7 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory, tiny_weights: Path) -> tr
     options = {"backbone": TINY_BACKBONE, "weights": str(tiny_weights), "image_size": TINY_SIZE, "workers": 0}
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("TRANSFERLAB_FP32", "1")
-        return transferlab.run(
+        return run_with(
             make_class_folder(root / "data"),
             runs_dir=root / "runs",
             name="tiny",
@@ -202,7 +202,7 @@ def test_multilabel_predictions_apply_the_tuned_thresholds(class_folder: Path, t
             for i, p in enumerate(images)
         )
     )
-    run = transferlab.run(table, name="ml", **tiny_run_options)
+    run = run_with(table, name="ml", **tiny_run_options)
     thresholds = json.loads((run.run_dir / "probe.json").read_text())["thresholds"]
     assert preprocessing_description(load_run_model(run.run_dir))["thresholds"] == thresholds
     predictor = load_predictor(run.run_dir)
@@ -220,7 +220,7 @@ def test_multilabel_predictions_apply_the_tuned_thresholds(class_folder: Path, t
 
 @pytest.mark.slow
 def test_lite0_demo_run_onnx_predicts_the_same_test_classes_as_pytorch(tmp_path: Path) -> None:
-    run = transferlab.run(
+    run = run_with(
         DEMO, runs_dir=tmp_path / "runs", name="demo", cache_dir=tmp_path / "cache", subset=0.25, progress=False
     )
     test_paths = [DEMO / row["path"] for row in _read_csv(run.run_dir / "split.csv") if row["split"] == "test"]

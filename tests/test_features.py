@@ -12,10 +12,11 @@ from PIL import Image
 from skimage import data as skdata
 
 from transferlab.backbones import DEFAULT_BACKBONE, load_backbone
+from transferlab.config import RunConfig
 from transferlab.features import ExtractionReport, FeatureCache, extract_features
 from transferlab.features.cache import content_hash
 from transferlab.features.extract import BF16_MIN_COSINE, Precision, choose_precision, decide_precision, feature_cache
-from transferlab.pipeline import RunConfig, prepare
+from transferlab.prepare import prepare
 
 FP32 = Precision("fp32")
 

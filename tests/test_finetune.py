@@ -17,6 +17,7 @@ from safetensors.torch import load_file, save_file
 from timm.data import create_transform, resolve_model_data_config
 
 from transferlab.cli import main
+from transferlab.config import RunConfig
 from transferlab.data.images import load_image
 from transferlab.errors import TransferlabError
 from transferlab.finetune import (
@@ -33,7 +34,7 @@ from transferlab.finetune.depth_search import search_unfreeze
 from transferlab.finetune.engine import EarlyStopping
 from transferlab.heads import HeadSpec
 from transferlab.model import load_run_model
-from transferlab.pipeline import RunConfig, prepare
+from transferlab.prepare import prepare
 from transferlab.search import search_heads
 
 QUICK = {"augment": "none", "batch_size": 8, "head_epochs": 1, "epochs": 1, "unfreeze": "top:1", "lp_init": False}

@@ -12,6 +12,7 @@ from conftest import TINY_BACKBONE, TINY_SIZE
 from timm.data import create_transform
 from torch import nn
 
+from transferlab.config import RunConfig
 from transferlab.errors import TransferlabError
 from transferlab.finetune import (
     FinetuneNet,
@@ -26,7 +27,7 @@ from transferlab.finetune.boundary import ActivationStore, cached_boundary, feat
 from transferlab.finetune.data import LabelledImages, evaluation_loader, training_loader
 from transferlab.finetune.lr_find import lr_find, plot_lr_find, smooth, suggest
 from transferlab.heads import HeadSpec
-from transferlab.pipeline import RunConfig, prepare
+from transferlab.prepare import prepare
 
 QUICK = {"epochs": 1, "head_epochs": 1, "batch_size": 8, "augment": "basic", "lp_init": False}
 

@@ -11,13 +11,14 @@ import torch
 from conftest import TINY_BACKBONE, TINY_SIZE
 from timm.data import create_transform
 
+from transferlab.config import RunConfig
 from transferlab.data.images import load_image
 from transferlab.finetune import FinetuneOptions, finetune, freeze_units
 from transferlab.finetune.augment import PRESETS, training_transform
 from transferlab.finetune.checkpoint import load_checkpoint, unprefixed
 from transferlab.finetune.data import LabelledImages, training_loader
 from transferlab.finetune.run import CHECKPOINT
-from transferlab.pipeline import RunConfig, prepare
+from transferlab.prepare import prepare
 
 
 @pytest.fixture

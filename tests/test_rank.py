@@ -12,11 +12,11 @@ from conftest import DEMO, TINY_BACKBONE, TINY_SIZE
 
 from transferlab.backbones import load_backbone
 from transferlab.cli import main
+from transferlab.config import RunConfig
 from transferlab.errors import TransferlabError
 from transferlab.features import FeatureCache
 from transferlab.features.extract import ExtractionReport
 from transferlab.fileio import write_json
-from transferlab.pipeline import RunConfig
 from transferlab.probe.metrics import classification_metrics, headline
 from transferlab.rank.cost import COST_FILE, backbone_cost, count_gflops
 from transferlab.rank.logme import logme_score

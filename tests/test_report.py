@@ -7,11 +7,11 @@ import re
 from pathlib import Path
 
 import pytest
+from conftest import run_with
 from runfactory import ALL_SECTIONS, EVIL, make_run
 
-import transferlab
 from transferlab.cli import main
-from transferlab.record.report import write_report
+from transferlab.report import write_report
 
 
 def _section_ids(html: str) -> set[str]:
@@ -85,7 +85,7 @@ def test_multilabel_report_has_roc_pr(tmp_path: Path) -> None:
 
 
 def test_report_of_a_real_run(class_folder: Path, tiny_run_options: dict) -> None:
-    result = transferlab.run(class_folder, name="real", **tiny_run_options)  # writes its report with write_report
+    result = run_with(class_folder, name="real", **tiny_run_options)  # writes its report with write_report
     html = result.report_path.read_text()
     assert {"metrics", "confusion", "per-class", "cost", "advice"} <= _section_ids(html)
     assert "small_data_regime" in html  # 12 images per class

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from runfactory import ALL_SECTIONS, make_run
 
-from transferlab.record.report import write_report
+from transferlab.report import write_report
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (run scripts/services.sh)")

@@ -173,7 +173,8 @@ def test_three_sqlite_workers_on_one_study_run_every_trial_exactly_once(tiny_wei
 
     import optuna
 
-    from transferlab.pipeline import RunConfig, prepare
+    from transferlab.config import RunConfig
+    from transferlab.prepare import prepare
     from transferlab.search.study import FINISHED, create_search_study, open_storage
 
     trials, url = 6, f"sqlite:///{tmp_path / 'study.db'}"

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import run_with
 from PIL import Image
 
-import transferlab
 from transferlab.cli import main
 
 RUN_FILES = {
@@ -30,7 +30,7 @@ RUN_FILES = {
 
 
 def test_run_writes_a_complete_reproducible_record(class_folder: Path, tiny_run_options: dict) -> None:
-    first = transferlab.run(class_folder, name="a", seed=5, **tiny_run_options)
+    first = run_with(class_folder, name="a", seed=5, **tiny_run_options)
     assert {p.name for p in first.run_dir.iterdir()} >= RUN_FILES
     config = json.loads((first.run_dir / "config.json").read_text())
     assert config["seed"] == 5 and config["backbone"] == "test_efficientnet"
@@ -39,18 +39,18 @@ def test_run_writes_a_complete_reproducible_record(class_folder: Path, tiny_run_
     assert first.metrics["test"]["accuracy"] > 0.6
     assert first.extraction["computed"] == 36
 
-    second = transferlab.run(class_folder, name="b", seed=5, **tiny_run_options)
+    second = run_with(class_folder, name="b", seed=5, **tiny_run_options)
     assert second.extraction["computed"] == 0 and second.extraction["cached"] == 36
     assert (first.run_dir / "split.csv").read_text() == (second.run_dir / "split.csv").read_text()
     assert first.record["split_digest"] == second.record["split_digest"]
     assert first.metrics == second.metrics
 
-    other_seed = transferlab.run(class_folder, name="c", seed=6, **tiny_run_options)
+    other_seed = run_with(class_folder, name="c", seed=6, **tiny_run_options)
     assert other_seed.record["split_digest"] != first.record["split_digest"]
 
 
 def test_predictions_cover_val_and_test(class_folder: Path, tiny_run_options: dict) -> None:
-    result = transferlab.run(class_folder, name="p", **tiny_run_options)
+    result = run_with(class_folder, name="p", **tiny_run_options)
     with open(result.run_dir / "predictions.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert {row["split"] for row in rows} == {"val", "test"}
@@ -62,7 +62,7 @@ def test_predictions_cover_val_and_test(class_folder: Path, tiny_run_options: di
 def test_multilabel_run_on_the_demo_mosaics_scores_map(tiny_run_options: dict) -> None:
     from conftest import DEMO_MULTILABEL
 
-    result = transferlab.run(DEMO_MULTILABEL, name="ml", subset=0.5, **tiny_run_options)
+    result = run_with(DEMO_MULTILABEL, name="ml", subset=0.5, **tiny_run_options)
     assert result.record["task"] == "multi-label"
     assert 0 < result.metrics["test"]["mAP"] <= 1
     assert len(json.loads((result.run_dir / "record.json").read_text())["probe"]["thresholds"]) == 10

@@ -6,9 +6,9 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import run_with
 from runfactory import make_run
 
-import transferlab
 from transferlab.cli import main
 from transferlab.record.rundir import process_facts
 
@@ -65,7 +65,7 @@ def test_rerun_reproduces_and_detects_mismatch(
     class_folder: Path, tiny_run_options: dict, capsys: pytest.CaptureFixture[str]
 ) -> None:
     runs_dir = Path(tiny_run_options["runs_dir"])
-    transferlab.run(class_folder, name="orig", **tiny_run_options)
+    run_with(class_folder, name="orig", **tiny_run_options)
     capsys.readouterr()
     cache = ["--cache-dir", tiny_run_options["cache_dir"], "--runs-dir", str(runs_dir), "--no-progress"]
     assert main(["rerun", "orig", "--name", "again", *cache]) == 0
@@ -84,3 +84,25 @@ def test_rerun_reproduces_and_detects_mismatch(
     assert stopped.value.code == 1
     out = capsys.readouterr().out
     assert "metrics DIFFER" in out and "probe.test.accuracy" in out
+
+
+def test_every_command_writes_a_run_directory_that_runs_and_report_read(
+    class_folder: Path, tiny_run_options: dict, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``search``, ``finetune`` and ``rank`` outputs are run directories too (config.json, environment.json)."""
+    from test_run import _cli
+
+    runs_dir = Path(tiny_run_options["runs_dir"])
+    assert main(_cli(tiny_run_options, "search", str(class_folder), "--trials", "2", "--name", "s")) == 0
+    finetune = ["finetune", str(class_folder), "--epochs", "1", "--head-epochs", "0", "--unfreeze", "top:1"]
+    assert main(_cli(tiny_run_options, *finetune, "--name", "f")) == 0
+    for name in ("s", "f"):
+        config = json.loads((runs_dir / name / "config.json").read_text())
+        assert config["data"] == str(class_folder) and (runs_dir / name / "environment.json").is_file()
+        assert main(["report", str(runs_dir / name)]) == 0
+    assert json.loads((runs_dir / "s" / "config.json").read_text())["trials"] == 2
+    assert json.loads((runs_dir / "f" / "config.json").read_text())["finetune"]["epochs"] == 1
+    capsys.readouterr()
+    assert main(["runs", "--runs-dir", str(runs_dir)]) == 0
+    listed = {line.split()[0] for line in capsys.readouterr().out.splitlines()[2:]}
+    assert {"s", "f"} <= listed

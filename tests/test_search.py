@@ -13,10 +13,11 @@ import torch
 from conftest import TINY_BACKBONE, TINY_SIZE, make_class_folder
 
 from transferlab.cli import main
+from transferlab.config import RunConfig
 from transferlab.errors import TransferlabError
-from transferlab.features.maps import MAP_SIZE, cached_maps
+from transferlab.features.maps import MAP_SIZE
 from transferlab.heads import HeadSpec, build_head
-from transferlab.pipeline import PreparedData, RunConfig, prepare
+from transferlab.prepare import PreparedData, prepare
 from transferlab.search import fraction_curve, search_heads
 from transferlab.search import study as study_module
 from transferlab.search.data import HeadData
@@ -181,14 +182,14 @@ def test_worker_on_unknown_study_is_a_user_error(tmp_path: Path, capsys) -> None
 
 
 def test_maps_are_cached_as_float16_and_train_map_heads(prepared: PreparedData, tmp_path: Path) -> None:
-    maps = cached_maps(prepared)
+    maps = prepared.maps()
     pooled = prepared.features()
     assert maps["train"].dtype == np.float16 and maps["train"].ndim == 4
     assert maps["train"].shape[2] <= MAP_SIZE and len(maps["val"]) == len(pooled["val"])
     # the pooled 'head' vector is the global average of the final map
     np.testing.assert_allclose(maps["train"].astype(np.float32).mean(axis=(2, 3)), pooled["train"], atol=0.05)
     shards = sorted(prepared.cache.directory.parent.glob("*/shard-*.npz"))
-    assert cached_maps(prepared)["test"].shape == maps["test"].shape
+    assert prepared.maps()["test"].shape == maps["test"].shape
     assert sorted(prepared.cache.directory.parent.glob("*/shard-*.npz")) == shards  # second call: no recompute
 
     params = {"pooling": "conv1x1", "conv_pooling": "flatten", "flatten_channels": 16, "extra_maxpool": True}

@@ -17,7 +17,8 @@ import optuna
 import pytest
 from conftest import TINY_BACKBONE, TINY_SIZE, make_class_folder
 
-from transferlab.pipeline import PreparedData, RunConfig, prepare
+from transferlab.config import RunConfig
+from transferlab.prepare import PreparedData, prepare
 from transferlab.search.study import FINISHED, create_search_study, open_storage
 
 DEFAULT_URL = "postgresql://transferlab@127.0.0.1:54329/transferlab_test"

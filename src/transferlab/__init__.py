@@ -16,13 +16,14 @@ from transferlab.errors import TransferlabError
 
 if TYPE_CHECKING:
     from transferlab.api import ImageClassifier
-    from transferlab.pipeline import RunConfig, RunResult, run
+    from transferlab.config import RunConfig
+    from transferlab.pipeline import RunResult, run
 
 __version__ = "0.1.0"
 __all__ = ["ImageClassifier", "RunConfig", "RunResult", "TransferlabError", "__version__", "run"]
 _LAZY = {
     "ImageClassifier": "transferlab.api",
-    "RunConfig": "transferlab.pipeline",
+    "RunConfig": "transferlab.config",
     "RunResult": "transferlab.pipeline",
     "run": "transferlab.pipeline",
 }

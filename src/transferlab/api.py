@@ -6,31 +6,38 @@ ordinary run: it has a report, can be compared, exported and reloaded with :meth
 
 from __future__ import annotations
 
+import logging
 import warnings
 from collections.abc import Sequence
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from sklearn.base import BaseEstimator
 
 from transferlab.backbones import DEFAULT_BACKBONE
 from transferlab.backbones.model import HEAD
+from transferlab.config import RunConfig
 from transferlab.data import load_dataset
 from transferlab.errors import TransferlabError
 from transferlab.predict import Predictions, Predictor, collect_inputs, load_predictor, predict_paths
 from transferlab.probe.metrics import classification_metrics, headline
 
 Paths = str | Path | Sequence[str | Path]
+log = logging.getLogger("transferlab")
 
 
-class ImageClassifier:
+class ImageClassifier(BaseEstimator):
     """Pretrained backbone + the run's final head, fitted on a folder-per-class tree or a CSV.
 
-    >>> clf = ImageClassifier(backbone="tf_efficientnet_lite0", seed=0).fit("photos/")   # doctest: +SKIP
-    >>> clf.predict(["new/cat.jpg"]), clf.score("holdout/")                                # doctest: +SKIP
+    >>> clf = ImageClassifier(backbone="tf_efficientnet_lite0", trials=20).fit("photos/")   # doctest: +SKIP
+    >>> clf.predict(["new/cat.jpg"]), clf.score("holdout/")                               # doctest: +SKIP
 
-    Keyword ``options`` are any other :class:`transferlab.RunConfig` fields (``image_size``, ``subset``,
-    ``weights``, ``val_fraction``...) and are passed to :func:`transferlab.run` unchanged.
+    Every :class:`transferlab.RunConfig` field except ``data`` is an explicit keyword parameter, so scikit-learn's
+    ``get_params`` / ``set_params`` / ``clone`` see them and :meth:`load` restores them from the run's config;
+    ``runs_dir``, ``name``, ``cache_dir`` and ``progress`` only say where files go and what is shown. Progress and
+    skipped-input messages go to the ``transferlab`` logger (silent unless the application configures logging).
     """
 
     def __init__(
@@ -39,42 +46,71 @@ class ImageClassifier:
         cut_point: str = HEAD,
         seed: int = 0,
         *,
+        weights: str | None = None,
+        image_size: int | None = None,
+        subset: float | None = None,
+        val_fraction: float = 0.15,
+        test_fraction: float = 0.15,
+        label_sep: str | None = None,
+        batch_size: int = 32,
+        workers: int | None = None,
+        allow_download: bool = False,
+        backbones: list[str] | None = None,
+        trials: int = 0,
+        search_timeout: float | None = None,
+        search_jobs: int = 1,
+        search_ensemble: int = 5,
+        fractions: list[float] | None = None,
+        finetune: dict[str, Any] | None = None,
         runs_dir: str | Path = "runs",
         name: str | None = None,
         cache_dir: str | Path | None = None,
         progress: bool = False,
-        **options: Any,
     ) -> None:
         self.backbone = backbone
         self.cut_point = cut_point
         self.seed = seed
+        self.weights = weights
+        self.image_size = image_size
+        self.subset = subset
+        self.val_fraction = val_fraction
+        self.test_fraction = test_fraction
+        self.label_sep = label_sep
+        self.batch_size = batch_size
+        self.workers = workers
+        self.allow_download = allow_download
+        self.backbones = backbones
+        self.trials = trials
+        self.search_timeout = search_timeout
+        self.search_jobs = search_jobs
+        self.search_ensemble = search_ensemble
+        self.fractions = fractions
+        self.finetune = finetune
         self.runs_dir = runs_dir
         self.name = name
         self.cache_dir = cache_dir
         self.progress = progress
-        self.options = options
-        self.run_dir_: Path | None = None
-        self._predictor: Predictor | None = None
 
-    def __repr__(self) -> str:
-        state = f"run_dir={str(self.run_dir_)!r}" if self.run_dir_ else "not fitted"
-        return f"ImageClassifier(backbone={self.backbone!r}, cut_point={self.cut_point!r}, seed={self.seed}, {state})"
+    def __repr__(self, N_CHAR_MAX: int = 700) -> str:
+        state = f"run_dir={str(self.run_dir_)!r}" if getattr(self, "run_dir_", None) else "not fitted"
+        return f"{super().__repr__(N_CHAR_MAX)[:-1]}, {state})".replace("(, ", "(")
+
+    def run_config(self, data: str | Path) -> RunConfig:
+        """The :class:`RunConfig` that :meth:`fit` runs on ``data`` (validated here, before any work)."""
+        values = {f.name: getattr(self, f.name) for f in fields(RunConfig) if f.name != "data"}
+        return RunConfig(data=str(data), **values)
 
     def fit(self, data: str | Path) -> ImageClassifier:
         """Run the pipeline on ``data`` (writes ``runs_dir/<name>/``) and keep its final model."""
         from transferlab.pipeline import run
 
         result = run(
-            data,
+            self.run_config(data),
             runs_dir=self.runs_dir,
             name=self.name,
             cache_dir=self.cache_dir,
             progress=self.progress,
-            echo=lambda line: warnings.warn(line, stacklevel=3),
-            backbone=self.backbone,
-            cut_point=self.cut_point,
-            seed=self.seed,
-            **self.options,
+            echo=log.info,
         )
         self.run_dir_ = result.run_dir
         self._predictor = load_predictor(result.run_dir)
@@ -82,14 +118,16 @@ class ImageClassifier:
 
     @classmethod
     def load(cls, run_dir: str | Path) -> ImageClassifier:
-        """The classifier of an existing run directory (from ``fit`` or ``transferlab run``)."""
+        """The classifier of an existing run directory (from ``fit`` or ``transferlab run``), every parameter
+        restored from its ``config.json``."""
         from transferlab.fileio import read_json
 
         path = Path(run_dir)
         if not (path / "config.json").is_file():
             raise TransferlabError(f"{path}: not a run directory (no config.json)")
-        config = read_json(path / "config.json")
-        clf = cls(config["backbone"], config["cut_point"], config["seed"], runs_dir=path.parent, name=path.name)
+        config = RunConfig.from_dict(read_json(path / "config.json")).to_dict()
+        del config["data"]
+        clf = cls(**config, runs_dir=path.parent, name=path.name)
         clf.run_dir_ = path
         clf._predictor = load_predictor(path)
         return clf
@@ -103,7 +141,7 @@ class ImageClassifier:
         return self._fitted().multilabel
 
     def _fitted(self) -> Predictor:
-        if self._predictor is None:
+        if getattr(self, "_predictor", None) is None:
             raise TransferlabError(
                 "this ImageClassifier is not fitted yet: call fit(data) or ImageClassifier.load(run)"
             )

@@ -11,42 +11,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import timm
 import torch
-from safetensors.torch import load_file
 from timm.data import create_transform, resolve_model_data_config
 from torch import nn
 
 from transferlab.backbones import efficientnet_pytorch
 from transferlab.backbones.registry import WeightsSource, resolve_weights
 from transferlab.errors import TransferlabError
-
-HEAD = "head"
-
-
-def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """Read a checkpoint without executing code: safetensors, or ``torch.load(weights_only=True)``."""
-    if path.suffix == ".safetensors":
-        try:
-            return load_file(str(path))
-        except Exception as error:  # safetensors raises its own error type for a bad header or truncated data
-            raise TransferlabError(f"{path}: not a valid safetensors file ({str(error)[:200]})") from None
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise TransferlabError(
-            f"{path}: refused to load: not a plain tensor checkpoint ({type(error).__name__}: {str(error)[:200]})"
-        ) from None
-    for wrapper in ("state_dict", "model", "model_state_dict"):
-        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
-            state = state[wrapper]
-    if not isinstance(state, dict):
-        raise TransferlabError(f"{path}: expected a state dict of tensors, found {type(state).__name__}")
-    return {key.removeprefix("module."): value for key, value in state.items()}
+from transferlab.model.cut import HEAD, pooled_at_every_cut, stage_names
+from transferlab.model.network import create_network
+from transferlab.model.weights import read_weights
 
 
 def _apply_weights(model: nn.Module, name: str, source: WeightsSource, keep_classifier: bool) -> None:
-    state = load_state_dict(source.path)
+    state = read_weights(source.path)
     if efficientnet_pytorch.is_efficientnet_pytorch(state):
         state = efficientnet_pytorch.to_timm(state, model)
     if not keep_classifier:
@@ -84,12 +62,8 @@ class Backbone:
         }
 
     def features(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Global-average-pooled features at every cut point, from one forward pass."""
-        final, intermediates = self.model.forward_intermediates(images)
-        pairs = zip(self.cut_points, intermediates, strict=True)
-        pooled = {name: inter.float().mean(dim=(2, 3)) for name, inter in pairs}
-        pooled[HEAD] = self.model.forward_head(final, pre_logits=True).float()
-        return pooled
+        """Pooled features at every cut point (``transferlab.model.cut.pool``), from one forward pass."""
+        return pooled_at_every_cut(self.model, images)
 
     def count_parameters(self) -> int:
         return sum(p.numel() for p in self.model.parameters())
@@ -109,14 +83,10 @@ def load_backbone(
     interpolation and normalization stay the model's own.
     """
     source = resolve_weights(name, weights, allow_download=allow_download)
-    model = timm.create_model(name, pretrained=False)
-    if not hasattr(model, "forward_intermediates"):
-        raise TransferlabError(f"{name}: this timm model does not support forward_intermediates (multi-depth features)")
-    if not keep_classifier:
-        model.reset_classifier(0)
+    model = create_network(name, keep_classifier=keep_classifier)
     _apply_weights(model, name, source, keep_classifier)
     model.eval()
-    cut_points = [info["module"] for info in model.feature_info]
+    cut_points = stage_names(model)
     cut_dims = {info["module"]: int(info["num_chs"]) for info in model.feature_info}
     cut_dims[HEAD] = int(model.num_features if not hasattr(model, "head_hidden_size") else model.head_hidden_size)
     data_config = resolve_model_data_config(model)

@@ -18,7 +18,7 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def handle(args: argparse.Namespace) -> None:
-    from transferlab.record.history import comparison
+    from transferlab.history import comparison
     from transferlab.record.runfiles import load_run, resolve_run
 
     a, b = (load_run(resolve_run(run, args.runs_dir)) for run in (args.a, args.b))

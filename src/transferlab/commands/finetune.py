@@ -9,7 +9,7 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from transferlab.commands.options import RUN_OPTION_NAMES, add_run_options
+from transferlab.commands.options import add_run_options, run_config
 from transferlab.errors import TransferlabError
 from transferlab.fileio import read_json
 
@@ -143,7 +143,7 @@ def handle(args: argparse.Namespace) -> None:
     from transferlab.finetune.depth_search import search_unfreeze
     from transferlab.finetune.distributed import from_environment
     from transferlab.finetune.variants import finetune_folds, finetune_from_scratch
-    from transferlab.pipeline import RunConfig, prepare
+    from transferlab.prepare import prepare
     from transferlab.record import RunDir
     from transferlab.record.rundir import default_run_name
 
@@ -154,10 +154,13 @@ def handle(args: argparse.Namespace) -> None:
     options = finetune_options(args)
     distributed = from_environment()  # data-parallel under torchrun; a no-op otherwise
     say = print if distributed.is_main else (lambda _: None)
-    config = RunConfig(data=str(args.data), **{name: getattr(args, name) for name in RUN_OPTION_NAMES})
+    config = run_config(args, finetune=options.result_affecting())
     prepared = prepare(config, cache_dir=args.cache_dir, progress=not args.no_progress and distributed.is_main)
     name = distributed.broadcast(args.name or default_run_name(Path(config.data)))  # one directory for all ranks
-    run_dir = RunDir(Path(args.runs_dir), name).path
+    run_dir = RunDir(Path(args.runs_dir), name)
+    if distributed.is_main:
+        prepared.write_record(run_dir)
+    run_dir = run_dir.path
     try:
         if args.folds:
             finetune_folds(prepared, run_dir, options, args.folds, echo=say, distributed=distributed)

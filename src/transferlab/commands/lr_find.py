@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from transferlab.commands.finetune import add_finetune_options, finetune_options
-from transferlab.commands.options import RUN_OPTION_NAMES, add_run_options
+from transferlab.commands.options import add_run_options, run_config
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -28,13 +28,15 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 def handle(args: argparse.Namespace) -> None:
     from transferlab.finetune.lr_find import lr_range_test
-    from transferlab.pipeline import RunConfig, prepare
+    from transferlab.prepare import prepare
     from transferlab.record import RunDir
     from transferlab.record.rundir import default_run_name
 
-    config = RunConfig(data=str(args.data), **{name: getattr(args, name) for name in RUN_OPTION_NAMES})
+    config = run_config(args)
     prepared = prepare(config, cache_dir=args.cache_dir, progress=not args.no_progress)
-    run_dir = RunDir(Path(args.runs_dir), args.name or default_run_name(Path(config.data))).path
+    run_dir = RunDir(Path(args.runs_dir), args.name or default_run_name(Path(config.data)))
+    prepared.write_record(run_dir)
+    run_dir = run_dir.path
     result = lr_range_test(
         prepared, run_dir, finetune_options(args), start_lr=args.start_lr, end_lr=args.end_lr, steps=args.steps
     )

@@ -7,6 +7,7 @@ from typing import Any
 
 from transferlab.backbones import DEFAULT_BACKBONE
 from transferlab.backbones.model import HEAD
+from transferlab.config import RunConfig
 
 
 def add_search_options(parser: Any, *, trials_default: int, trials_help: str) -> None:
@@ -73,12 +74,11 @@ RUN_OPTION_NAMES = (
 )
 
 
-def run_kwargs(args: argparse.Namespace) -> dict[str, Any]:
-    """Keyword arguments for :func:`transferlab.run` from parsed ``add_run_options`` arguments."""
-    return {
-        "runs_dir": args.runs_dir,
-        "name": args.name,
-        "cache_dir": args.cache_dir,
-        "progress": not args.no_progress,
-        **{name: getattr(args, name) for name in RUN_OPTION_NAMES},
-    }
+def run_config(args: argparse.Namespace, **stages: Any) -> RunConfig:
+    """The one place a command line becomes a :class:`RunConfig` (``stages``: the optional-stage fields)."""
+    return RunConfig(data=str(args.data), **{name: getattr(args, name) for name in RUN_OPTION_NAMES}, **stages)
+
+
+def output_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """Where :func:`transferlab.run` writes and whether it shows progress (nothing here changes a result)."""
+    return {"runs_dir": args.runs_dir, "name": args.name, "cache_dir": args.cache_dir, "progress": not args.no_progress}

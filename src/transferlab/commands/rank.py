@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
-from dataclasses import asdict
 from pathlib import Path
 
-from transferlab.commands.options import RUN_OPTION_NAMES, add_run_options
+from transferlab.commands.options import add_run_options, run_config
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -28,16 +27,15 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def handle(args: argparse.Namespace) -> None:
-    from transferlab.pipeline import RunConfig
     from transferlab.rank.ranking import rank, write_ranking
     from transferlab.record import RunDir, environment
     from transferlab.record.rundir import default_run_name
 
-    config = RunConfig(data=args.data, **{name: getattr(args, name) for name in RUN_OPTION_NAMES})
     backbones = args.backbones.split(",")
+    config = run_config(args, backbones=backbones)
     ranking = rank(config, backbones, cache_dir=args.cache_dir, progress=not args.no_progress)
     run_dir = RunDir(Path(args.runs_dir), args.name or default_run_name(Path(config.data)))
-    run_dir.write_json("config.json", {**asdict(config), "backbones": backbones})
+    run_dir.write_json("config.json", config.to_dict())
     run_dir.write_json("environment.json", environment())
     path = write_ranking(run_dir, ranking)
     print(ranking.table())

@@ -22,8 +22,8 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 def handle(args: argparse.Namespace) -> None:
     from transferlab.advice import advise, format_advice
-    from transferlab.record.report import write_report
     from transferlab.record.runfiles import resolve_run
+    from transferlab.report import write_report
 
     run_path = resolve_run(args.run, args.runs_dir)
     advice = advise(run_path)

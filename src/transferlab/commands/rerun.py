@@ -22,7 +22,7 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def handle(args: argparse.Namespace) -> None:
-    from transferlab.record.history import rerun
+    from transferlab.history import rerun
     from transferlab.record.runfiles import resolve_run
 
     result = rerun(

@@ -6,7 +6,7 @@ import argparse
 from typing import Any
 
 from transferlab.commands.finetune import add_finetune_options, finetune_options
-from transferlab.commands.options import add_run_options, add_search_options, run_kwargs
+from transferlab.commands.options import add_run_options, add_search_options, output_kwargs, run_config
 from transferlab.errors import TransferlabError
 
 
@@ -63,7 +63,7 @@ def handle(args: argparse.Namespace) -> None:
     from transferlab.advice import format_advice
     from transferlab.pipeline import run
 
-    result = run(args.data, **run_kwargs(args), **stage_kwargs(args))
+    result = run(run_config(args, **stage_kwargs(args)), **output_kwargs(args))
     extraction = result.extraction
     speed = f", {extraction['images_per_second']:.1f} img/s" if extraction["images_per_second"] else ""
     print(f"features: {extraction['computed']} computed, {extraction['cached']} from cache{speed}")

@@ -16,7 +16,7 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def handle(args: argparse.Namespace) -> None:
-    from transferlab.record.history import runs_table
+    from transferlab.history import runs_table
     from transferlab.record.runfiles import find_runs
 
     runs, unreadable = find_runs(args.runs_dir)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from transferlab.commands.options import RUN_OPTION_NAMES, add_run_options, add_search_options
+from transferlab.commands.options import add_run_options, add_search_options, run_config
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -36,23 +36,25 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def handle_search(args: argparse.Namespace) -> None:
-    from transferlab.pipeline import RunConfig, prepare
+    from transferlab.prepare import prepare
+    from transferlab.record import RunDir
     from transferlab.search import parse_fractions
-    from transferlab.stages import search_stage
+    from transferlab.search.stage import search_stage
 
-    config = RunConfig(
-        data=args.data,
+    config = run_config(
+        args,
         trials=args.trials,
         search_timeout=args.timeout,
         search_jobs=args.jobs,
         search_ensemble=args.ensemble,
         fractions=parse_fractions(args.fractions) if args.fractions else None,
-        **{name: getattr(args, name) for name in RUN_OPTION_NAMES},
     )
     prepared = prepare(config, cache_dir=args.cache_dir, progress=not args.no_progress)
     # A stable default name: rerunning the same command finds the same study.db and resumes it.
     name = args.name or f"{Path(args.data).stem or 'data'}-search-{config.backbone}-{config.cut_point}"
-    run_dir = Path(args.runs_dir) / name
+    run_dir = RunDir(Path(args.runs_dir), name)
+    prepared.write_record(run_dir)
+    run_dir = run_dir.path
     _, curve = search_stage(
         prepared, run_dir, config, None, print, storage=args.storage, study_name=args.study, maps=args.maps
     )

@@ -104,7 +104,7 @@ def export_onnx(run_dir: str | Path, out_dir: str | Path | None = None, *, check
     model = load_run_model(run_dir)
     out = Path(out_dir) if out_dir is not None else Path(run_dir) / "export"
     generator = torch.Generator().manual_seed(0)
-    example = torch.randn(check_batch, *model.preprocessing["input_size"], generator=generator)
+    example = torch.randn(check_batch, *model.preprocessing["input_size"], generator=generator).to(model.module.device)
     try:
         model_bytes = _to_onnx_bytes(model.module, example[:2])
     except ImportError as error:
@@ -112,8 +112,8 @@ def export_onnx(run_dir: str | Path, out_dir: str | Path | None = None, *, check
             f"ONNX export needs onnx and onnxscript (pip install 'transferlab[export]'): {error}"
         ) from None
     with torch.inference_mode():
-        expected = model.module(example).numpy()
-    actual = onnx_session(model_bytes).run([OUTPUT_NAME], {INPUT_NAME: example.numpy()})[0]
+        expected = model.module(example).cpu().numpy()
+    actual = onnx_session(model_bytes).run([OUTPUT_NAME], {INPUT_NAME: example.cpu().numpy()})[0]
     difference = float(np.abs(actual - expected).max())
     if not difference <= CHECK_TOLERANCE:
         raise TransferlabError(f"ONNX export check failed: onnxruntime differs from PyTorch by {difference:.2e}")

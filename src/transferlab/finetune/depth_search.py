@@ -23,11 +23,11 @@ from transferlab.data import stratified_subset
 from transferlab.data.split import Split
 from transferlab.fileio import write_json
 from transferlab.finetune.blocks import freeze_units
-from transferlab.finetune.network import cut_body
 from transferlab.finetune.run import FinetuneOptions, finetune
+from transferlab.model.cut import cut_network
 
 if TYPE_CHECKING:
-    from transferlab.pipeline import PreparedData
+    from transferlab.prepare import PreparedData
 
 LR_RANGE = (1e-4, 3e-3)
 
@@ -53,7 +53,7 @@ def search_unfreeze(
 ) -> tuple[FinetuneOptions, dict[str, Any]]:
     """Search ``top:K`` (K = 0 … ``max_depth`` units) and the head LR; returns ``options`` with the best of both and
     the study record, also written to ``run_dir/finetune_search.json``."""
-    body, _ = cut_body(copy.deepcopy(prepared.backbone.model), prepared.config.cut_point)
+    body, _ = cut_network(copy.deepcopy(prepared.backbone.model), prepared.config.cut_point)
     n_units = len(freeze_units(body))
     depth_limit = min(max_depth or n_units, n_units)
     subset = _training_subset(prepared, fraction, options.seed)

@@ -34,7 +34,7 @@ from transferlab.heads import HeadSpec
 
 if TYPE_CHECKING:
     from transferlab.finetune.run import FinetuneOptions
-    from transferlab.pipeline import PreparedData
+    from transferlab.prepare import PreparedData
 
 SUGGESTION_RULE = "steepest descent of the smoothed loss vs log10(LR), before the loss minimum"
 

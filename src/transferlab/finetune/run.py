@@ -31,14 +31,15 @@ from transferlab.finetune.checkpoint import load_checkpoint
 from transferlab.finetune.data import LabelledImages, evaluation_loader, loss_function, training_loader
 from transferlab.finetune.distributed import Distributed, from_environment
 from transferlab.finetune.engine import StagePlan, Trainer, TrainSettings
-from transferlab.finetune.network import FinetuneNet, build_network, init_from_probe, is_linear_head, saved_state
+from transferlab.finetune.network import FinetuneNet, build_network, init_from_probe, is_linear_head
 from transferlab.heads import Head, HeadSpec
+from transferlab.model.network import saved_state
 from transferlab.probe import fit_probe
 from transferlab.probe.linear import ProbeResult
 from transferlab.probe.metrics import classification_metrics, headline, tune_thresholds
 
 if TYPE_CHECKING:
-    from transferlab.pipeline import PreparedData
+    from transferlab.prepare import PreparedData
 
 CHECKPOINT = "finetune_checkpoint.safetensors"
 HEAD_EPOCHS = 3

@@ -30,7 +30,7 @@ from transferlab.finetune.run import FinetuneOptions, FinetuneOutcome, finetune
 from transferlab.probe.metrics import headline
 
 if TYPE_CHECKING:
-    from transferlab.pipeline import PreparedData
+    from transferlab.prepare import PreparedData
 
 
 def fold_splits(prepared: PreparedData, folds: int, seed: int) -> list[Split]:

@@ -11,18 +11,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import timm
 import torch
-from safetensors import SafetensorError
-from safetensors.numpy import load_file as load_numpy
-from safetensors.torch import load_file as load_torch
 from timm.data import create_transform
 
-from transferlab.backbones import load_backbone
 from transferlab.errors import TransferlabError
 from transferlab.fileio import read_json
-from transferlab.model.network import CutBackbone, RunModel
+from transferlab.heads import HeadSpec
+from transferlab.model.cut import cut_network
+from transferlab.model.network import CPU, CutModel, build_model, create_network, load_saved_state
 from transferlab.model.probe_head import ProbeHead
+from transferlab.model.weights import read_weights
 
 PREPROCESSING_KEYS = ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode")
 
@@ -31,7 +29,7 @@ PREPROCESSING_KEYS = ("input_size", "interpolation", "mean", "std", "crop_pct", 
 class LoadedModel:
     """The network plus what is needed to use it: preprocessing, class names and multi-label thresholds."""
 
-    module: RunModel
+    module: CutModel
     classes: list[str]
     multilabel: bool
     thresholds: list[float] | None
@@ -56,13 +54,6 @@ def _read(path: Path) -> dict[str, Any]:
     return read_json(path)
 
 
-def _tensors(path: Path, loader: Any) -> dict[str, Any]:
-    try:
-        return loader(str(path))
-    except (OSError, SafetensorError) as error:
-        raise TransferlabError(f"{path}: cannot read model weights ({error})") from None
-
-
 def _preprocessing(data_config: dict[str, Any]) -> dict[str, Any]:
     missing = [key for key in PREPROCESSING_KEYS[:4] if key not in data_config]
     if missing:
@@ -70,7 +61,9 @@ def _preprocessing(data_config: dict[str, Any]) -> dict[str, Any]:
     return {key: data_config[key] for key in PREPROCESSING_KEYS if key in data_config}
 
 
-def _load_probe(run: Path) -> LoadedModel:
+def _load_probe(run: Path, device: torch.device) -> tuple[CutModel, dict[str, Any], dict[str, Any]]:
+    from transferlab.backbones import load_backbone  # deferred: transferlab.backbones builds on transferlab.model
+
     saved = _read(run / "probe.json")
     config = _read(run / "config.json")
     record = _read(run / "record.json")
@@ -80,62 +73,38 @@ def _load_probe(run: Path) -> LoadedModel:
             f"{run}: the weights found for {saved['backbone']} ({backbone.weights.path}) are not the ones this run "
             f"used (sha256 {backbone.weights.sha256[:12]} != {saved['weights_sha256'][:12]})"
         )
-    head = ProbeHead(_tensors(run / "probe.safetensors", load_numpy), len(saved["classes"]), saved["multilabel"])
-    module = RunModel(CutBackbone(backbone.model, saved["cut_point"]), head, pooled=True, output=None)
-    return LoadedModel(
-        module.eval(),
-        list(saved["classes"]),
-        bool(saved["multilabel"]),
-        saved.get("thresholds"),
-        _preprocessing(record.get("backbone", {}).get("preprocessing") or backbone.data_config),
-        saved["backbone"],
-        saved["cut_point"],
-        "probe",
-    )
+    tensors = {name: tensor.numpy() for name, tensor in read_weights(run / "probe.safetensors").items()}
+    body, index = cut_network(backbone.model, saved["cut_point"])
+    head = ProbeHead(tensors, len(saved["classes"]), saved["multilabel"])
+    preprocessing = record.get("backbone", {}).get("preprocessing") or backbone.data_config
+    return CutModel(body, head, index, pooled=True, device=device), saved, preprocessing
 
 
-def _load_finetuned(run: Path) -> LoadedModel:
-    from transferlab.heads import HeadSpec, build_head
-
+def _load_finetuned(run: Path, device: torch.device) -> tuple[CutModel, dict[str, Any], dict[str, Any]]:
     saved = _read(run / "finetuned.json")
     preprocessing = _preprocessing(saved["preprocessing"])
     spec = HeadSpec.from_dict(saved["head_spec"])
-    network = timm.create_model(saved["backbone"], pretrained=False, num_classes=0)
-    backbone = CutBackbone(network, saved["cut_point"])
-    with torch.no_grad():
-        maps = backbone.eval()(torch.zeros(1, *preprocessing["input_size"]))
-    head = build_head(spec, maps.shape[1], tuple(maps.shape[2:]), len(saved["classes"]))
-    state = _tensors(run / "finetuned.safetensors", load_torch)
-    head_state = {k.removeprefix("head."): v for k, v in state.items() if k.startswith("head.")}
-    network_state = {
-        k.removeprefix("backbone.").removeprefix("network."): v for k, v in state.items() if not k.startswith("head.")
-    }
-    try:
-        head.load_state_dict(head_state, strict=True)
-        missing = network.load_state_dict(network_state, strict=False).missing_keys
-        missing = [key for key in missing if not key.endswith("num_batches_tracked")]  # frozen BN has no counter
-    except RuntimeError as error:
-        raise TransferlabError(f"{run}/finetuned.safetensors does not fit its finetuned.json: {error}") from None
-    if missing:
-        raise TransferlabError(f"{run}/finetuned.safetensors lacks backbone weights: {', '.join(missing[:5])}")
-    module = RunModel(backbone, head, pooled=False, output=spec.output)
-    return LoadedModel(
-        module.eval(),
-        list(saved["classes"]),
-        bool(saved["multilabel"]),
-        saved.get("thresholds"),
-        preprocessing,
-        saved["backbone"],
-        saved["cut_point"],
-        "finetuned",
-    )
+    args = (saved["cut_point"], spec, len(saved["classes"]), preprocessing["input_size"])
+    module = build_model(create_network(saved["backbone"]), *args, output=spec.output, device=device)
+    path = run / "finetuned.safetensors"
+    load_saved_state(module, read_weights(path), str(path))
+    return module, saved, preprocessing
 
 
-def load_run_model(run_dir: str | Path) -> LoadedModel:
-    """The run's final model in eval mode: the fine-tuned network if the run has one, else backbone + probe."""
+def load_run_model(run_dir: str | Path, device: torch.device = CPU) -> LoadedModel:
+    """The run's final model in eval mode on ``device``: the fine-tuned network if it has one, else backbone + probe."""
     run = Path(run_dir)
     if not run.is_dir():
         raise TransferlabError(f"run directory not found: {run}")
-    if (run / "finetuned.json").is_file():
-        return _load_finetuned(run)
-    return _load_probe(run)
+    kind = "finetuned" if (run / "finetuned.json").is_file() else "probe"
+    module, saved, preprocessing = (_load_finetuned if kind == "finetuned" else _load_probe)(run, device)
+    return LoadedModel(
+        module.to(device).eval(),
+        list(saved["classes"]),
+        bool(saved["multilabel"]),
+        saved.get("thresholds"),
+        _preprocessing(preprocessing),
+        saved["backbone"],
+        saved["cut_point"],
+        kind,
+    )

@@ -1,10 +1,47 @@
-"""The saved logistic-regression probe as torch layers, so backbone + probe export and run as one graph."""
+"""The fitted logistic-regression probe as plain tensors, and as torch layers so backbone + probe run as one graph."""
 
 from __future__ import annotations
 
+from typing import Any, TypeVar
+
 import numpy as np
 import torch
+from sklearn.multiclass import OneVsRestClassifier
 from torch import nn
+
+Array = TypeVar("Array", np.ndarray, torch.Tensor)
+
+
+def fold_standardization(weight: Array, bias: Array, mean: Array, scale: Array) -> tuple[Array, Array]:
+    """``(weight', bias')`` with ``x @ weight'.T + bias' == ((x - mean) / scale) @ weight.T + bias``.
+
+    The one place a z-scoring is folded into a linear layer (W/σ, b − W·μ/σ), for numpy arrays or torch tensors.
+    """
+    folded = weight / scale
+    return folded, bias - folded @ mean
+
+
+def _fitted(estimator: Any) -> Any:
+    """The refitted model inside a grid search, or the estimator itself."""
+    return getattr(estimator, "best_estimator_", estimator)
+
+
+def probe_tensors(model: Any) -> dict[str, np.ndarray]:
+    """Standardization and linear weights: score = softmax/sigmoid(((x - mean) / scale) @ coef.T + intercept)."""
+    scaler, estimator = model[0], _fitted(model[-1])
+    if isinstance(estimator, OneVsRestClassifier):
+        fitted = [_fitted(e) for e in estimator.estimators_]
+        coef = np.concatenate([e.coef_ for e in fitted])
+        intercept = np.concatenate([e.intercept_ for e in fitted])
+    else:
+        coef, intercept = estimator.coef_, estimator.intercept_
+    return {
+        "mean": scaler.mean_,
+        "scale": scaler.scale_,
+        "coef": coef,
+        "intercept": intercept,
+        "classes_index": np.asarray(getattr(estimator, "classes_", np.arange(len(coef))), dtype=np.int64),
+    }
 
 
 class ProbeHead(nn.Module):
@@ -18,20 +55,19 @@ class ProbeHead(nn.Module):
 
     def __init__(self, tensors: dict[str, np.ndarray], n_classes: int, multilabel: bool) -> None:
         super().__init__()
-        coef = np.atleast_2d(tensors["coef"])
+        coef, intercept = np.atleast_2d(tensors["coef"]), np.atleast_1d(tensors["intercept"])
+        weight, bias = fold_standardization(coef, intercept, tensors["mean"], tensors["scale"])
         index = np.asarray(tensors["classes_index"], dtype=np.int64)
         placement = np.zeros((len(index), n_classes), dtype=np.float32)
         placement[np.arange(len(index)), index] = 1.0
         self.multilabel = multilabel
         self.binary = not multilabel and coef.shape[0] == 1
-        self.register_buffer("mean", torch.as_tensor(tensors["mean"], dtype=torch.float32))
-        self.register_buffer("scale", torch.as_tensor(tensors["scale"], dtype=torch.float32))
-        self.register_buffer("coef", torch.as_tensor(coef, dtype=torch.float32))
-        self.register_buffer("intercept", torch.as_tensor(np.atleast_1d(tensors["intercept"]), dtype=torch.float32))
+        self.register_buffer("weight", torch.as_tensor(weight, dtype=torch.float32))
+        self.register_buffer("bias", torch.as_tensor(bias, dtype=torch.float32))
         self.register_buffer("placement", torch.from_numpy(placement))
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        logits = ((features - self.mean) / self.scale) @ self.coef.T + self.intercept
+        logits = features @ self.weight.T + self.bias
         if self.multilabel:
             probabilities = torch.sigmoid(logits)
         elif self.binary:

@@ -60,7 +60,7 @@ def _torch_predictor(run: Path) -> Predictor:
 
     def scores(images: torch.Tensor) -> np.ndarray:
         with torch.inference_mode():
-            return model.module(images).numpy()
+            return model.module(images.to(model.module.device)).cpu().numpy()
 
     thresholds = _thresholds(model.thresholds) if model.multilabel else None
     return Predictor(model.classes, model.multilabel, thresholds, model.preprocessing, scores, f"run {run}")

@@ -23,8 +23,9 @@ from threadpoolctl import threadpool_limits
 
 from transferlab.backbones.model import HEAD
 from transferlab.backbones.registry import check_model_name, resolve_weights
+from transferlab.config import RunConfig
 from transferlab.errors import TransferlabError
-from transferlab.pipeline import PreparedData, RunConfig, prepare
+from transferlab.prepare import PreparedData, prepare
 from transferlab.rank.cost import backbone_cost
 from transferlab.rank.logme import logme_score
 from transferlab.rank.scores import cv_folds, knn_cv, probe_cv

@@ -1,7 +1,7 @@
-"""Record stage: the run directory (config, environment, split, metrics, timings) and the HTML report.
+"""The run directory: its file names, and typed writers and readers for them (config, split, metrics, timings...).
 
-The report (``transferlab.record.report``) is imported from its module: it renders advice, and advice reads run
-files through this package, so exporting it here would make the two packages import each other.
+Everything that writes or reads a run directory goes through this package; it imports no pipeline stage, so every
+stage, the advice and the report can use it.
 """
 
 from transferlab.record.rundir import RunDir, environment

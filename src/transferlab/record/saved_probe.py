@@ -7,32 +7,9 @@ from typing import Any
 
 import numpy as np
 from safetensors.numpy import save as save_tensors
-from sklearn.multiclass import OneVsRestClassifier
 
 from transferlab.fileio import atomic_write_bytes, write_json
-
-
-def _fitted(estimator: Any) -> Any:
-    """The refitted model inside a grid search, or the estimator itself."""
-    return getattr(estimator, "best_estimator_", estimator)
-
-
-def probe_tensors(model: Any) -> dict[str, np.ndarray]:
-    """Standardization and linear weights: score = softmax/sigmoid(((x - mean) / scale) @ coef.T + intercept)."""
-    scaler, estimator = model[0], _fitted(model[-1])
-    if isinstance(estimator, OneVsRestClassifier):
-        fitted = [_fitted(e) for e in estimator.estimators_]
-        coef = np.concatenate([e.coef_ for e in fitted])
-        intercept = np.concatenate([e.intercept_ for e in fitted])
-    else:
-        coef, intercept = estimator.coef_, estimator.intercept_
-    return {
-        "mean": scaler.mean_,
-        "scale": scaler.scale_,
-        "coef": coef,
-        "intercept": intercept,
-        "classes_index": np.asarray(getattr(estimator, "classes_", np.arange(len(coef))), dtype=np.int64),
-    }
+from transferlab.model.probe_head import probe_tensors
 
 
 def save_probe(

@@ -15,9 +15,10 @@ import torch
 from torch import nn
 
 from transferlab.heads import Head, HeadSpec
+from transferlab.model.probe_head import fold_standardization
 
 if TYPE_CHECKING:
-    from transferlab.pipeline import PreparedData
+    from transferlab.prepare import PreparedData
 
 
 def _standardize(train: np.ndarray, *others: np.ndarray) -> tuple[list[torch.Tensor], tuple[np.ndarray, np.ndarray]]:
@@ -106,6 +107,7 @@ class HeadData:
             return None
         mean, std = (torch.as_tensor(v, dtype=torch.float32) for v in self.pooled_stats)
         with torch.no_grad():
-            first.weight.div_(std)
-            first.bias.sub_(first.weight @ mean)
+            weight, bias = fold_standardization(first.weight, first.bias, mean, std)
+            first.weight.copy_(weight)
+            first.bias.copy_(bias)
         return raw

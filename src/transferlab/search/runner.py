@@ -14,7 +14,7 @@ from transferlab.data import stratified_subset
 from transferlab.errors import TransferlabError
 from transferlab.fileio import write_json
 from transferlab.heads import Head, HeadSpec, cost_warning, head_cost
-from transferlab.pipeline import PreparedData, prepare
+from transferlab.prepare import PreparedData, prepare
 from transferlab.probe import fit_probe
 from transferlab.search.data import HeadData
 from transferlab.search.ensemble import ENSEMBLE_SIZE, HeadEnsemble, head_scores, split_metrics, top_trials
@@ -70,11 +70,7 @@ def load_head_data(prepared: PreparedData, maps: bool = False) -> HeadData:
     """Cached features of the configured cut point (and its spatial maps when ``maps``)."""
     if not maps:
         return HeadData.from_prepared(prepared)
-    from transferlab.features.maps import cached_maps
-
-    return HeadData.from_arrays(
-        prepared.features(), prepared.targets(), prepared.dataset.classes, maps=cached_maps(prepared)
-    )
+    return HeadData.from_arrays(prepared.features(), prepared.targets(), prepared.dataset.classes, maps=prepared.maps())
 
 
 def _trial_rows(study: optuna.Study) -> list[dict[str, Any]]:

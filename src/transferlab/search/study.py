@@ -32,7 +32,8 @@ from transferlab.search.space import suggest
 from transferlab.search.train import train_head
 
 if TYPE_CHECKING:
-    from transferlab.pipeline import PreparedData, RunConfig
+    from transferlab.config import RunConfig
+    from transferlab.prepare import PreparedData
 
 DIRECTION = "minimize"  # validation loss; see train_head for why not accuracy
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
@@ -319,6 +320,6 @@ def load_search_study(study_name: str, storage: str, seed: int | None = None) ->
 
 def worker_config(study: optuna.Study) -> tuple[RunConfig, str]:
     """The RunConfig and cache directory stored by the study's creator."""
-    from transferlab.pipeline import RunConfig
+    from transferlab.config import RunConfig
 
     return RunConfig(**study.user_attrs["config"]), study.user_attrs["cache_dir"]

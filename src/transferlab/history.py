@@ -137,7 +137,8 @@ def rerun(
     echo: Callable[[str], None] = print,
 ) -> Rerun:
     """Repeat a run from its ``config.json`` (same data, options and seed) under a new name and compare results."""
-    from transferlab.pipeline import RunConfig, run
+    from transferlab.config import RunConfig
+    from transferlab.pipeline import run
 
     original = load_run(run_path)
     known = {field.name for field in fields(RunConfig)}
@@ -146,13 +147,12 @@ def rerun(
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
     data = original.config["data"]
     result = run(
-        data if Path(data).exists() else original.data_path,
+        RunConfig(data=str(data if Path(data).exists() else original.data_path), **options),
         runs_dir=runs_dir or original.path.parent,
         name=name or f"{original.name}-rerun-{stamp}",
         cache_dir=cache_dir,
         progress=progress,
         echo=echo,
-        **options,
     )
     repeat = load_run(result.run_dir)
     mismatches = differences(result_values(original), result_values(repeat), tolerance)

@@ -1,8 +1,8 @@
-"""The optional stages after the probe in ``transferlab run``: head search (+ data-fraction curve), fine-tuning.
+"""The fine-tuning stage of ``transferlab run``: which head to fine-tune under, then training and predictions.
 
-Each stage reads the shared :class:`~transferlab.pipeline.PreparedData`, writes its own files into the run
-directory (``search.json``, ``fractions.json``, ``finetune.json`` ...) and returns its test metrics, so ``run``
-stays a straight line: prepare → probe → [search] → [fine-tune] → report.
+Reads :class:`~transferlab.prepare.PreparedData` and the earlier stages' results (probe, head search), writes
+``finetune.json`` and the model files through :func:`transferlab.finetune.finetune`, and returns the test metrics
+and the final model's ``predictions.csv`` rows.
 """
 
 from __future__ import annotations
@@ -13,50 +13,16 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from transferlab.fileio import write_json
+from transferlab.finetune.run import FinetuneOptions, finetune
+from transferlab.heads import HeadSpec
 from transferlab.probe.linear import ProbeResult
 from transferlab.probe.metrics import headline
 from transferlab.record.predictions import prediction_rows
 
 if TYPE_CHECKING:
-    from transferlab.finetune import FinetuneOptions
-    from transferlab.pipeline import PreparedData, RunConfig
+    from transferlab.config import RunConfig
+    from transferlab.prepare import PreparedData
     from transferlab.search import SearchOutcome
-
-
-def search_stage(
-    prepared: PreparedData,
-    run_path: Path,
-    config: RunConfig,
-    probe: ProbeResult | None,
-    echo: Callable[[str], None],
-    **study: Any,
-) -> tuple[SearchOutcome, dict[str, Any] | None]:
-    """Optuna head search on cached features; with ``config.fractions`` also the learning curve of the winner.
-
-    ``probe``: the already fitted probe, compared against instead of fitting it again (None: fit one).
-    ``study``: storage / study_name / maps for :func:`transferlab.search.search_heads`.
-    """
-    from transferlab.search import fraction_curve, search_heads
-
-    outcome = search_heads(
-        prepared,
-        run_path,
-        trials=config.trials,
-        timeout=config.search_timeout,
-        jobs=config.search_jobs,
-        ensemble=config.search_ensemble,
-        seed=config.seed,
-        probe_test_metrics=None if probe is None else probe.metrics.get("test", {}),
-        echo=echo,
-        **study,
-    )
-    echo(outcome.summary())
-    curve = None
-    if config.fractions:
-        curve = fraction_curve(prepared, outcome.best_params, config.fractions, config.seed)
-        write_json(run_path / "fractions.json", curve)
-    return outcome, curve
 
 
 def _shown(value: float | None) -> str:
@@ -68,9 +34,6 @@ def finetune_options(
 ) -> FinetuneOptions:
     """``config.finetune`` as options; the searched head replaces the linear (probe-initialised) head only when it
     beat the probe on validation — a bigger head that scores worse is not worth fine-tuning under."""
-    from transferlab.finetune import FinetuneOptions
-    from transferlab.heads import HeadSpec
-
     values = dict(config.finetune or {})
     spec = values.pop("head_spec", None)
     options = FinetuneOptions(**values, head_spec=HeadSpec.from_dict(spec) if spec else None)
@@ -104,8 +67,6 @@ def finetune_stage(
 
     When the searched head is the one being fine-tuned, training starts from its trained weights.
     """
-    from transferlab.finetune import finetune
-
     head_init = searched.head if searched is not None and options.head_spec == searched.best_spec else None
     outcome = finetune(prepared, run_path, options, echo=echo, probe=probe, head_init=head_init)
     thresholds = None if outcome.thresholds is None else np.asarray(outcome.thresholds)

@@ -19,9 +19,9 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 
 from transferlab.advice import Advice, advise
 from transferlab.fileio import atomic_write_text
-from transferlab.record import plots
 from transferlab.record.predictions import PROBABILITY_PREFIX
 from transferlab.record.runfiles import LABEL_SEP, RunFiles, load_run
+from transferlab.report import plots
 
 WORST_ERRORS = 12
 
@@ -225,7 +225,7 @@ def report_context(run: RunFiles, advice: list[Advice]) -> dict[str, Any]:
 
 
 def render_report(context: dict[str, Any]) -> str:
-    environment = Environment(loader=PackageLoader("transferlab", "record/templates"), autoescape=select_autoescape())
+    environment = Environment(loader=PackageLoader("transferlab", "report/templates"), autoescape=select_autoescape())
     return environment.get_template("report.html").render(**context)
 
 

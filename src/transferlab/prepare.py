@@ -1,0 +1,222 @@
+"""The shared front half of every command: index the data, load the backbone, extract (or reuse) features, split.
+
+:func:`prepare` turns a :class:`~transferlab.config.RunConfig` into :class:`PreparedData`, the one input every
+stage (probe, ranking, head search, fine-tuning) starts from; it sits below all of them, so data flows one way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from transferlab.backbones import load_backbone
+from transferlab.backbones.model import Backbone
+from transferlab.config import RunConfig
+from transferlab.data import ImageDataset, Problem, load_dataset, make_split, stratified_subset
+from transferlab.data.dataset import printable
+from transferlab.data.split import SPLITS, Split, split_digest
+from transferlab.errors import TransferlabError
+from transferlab.features import FeatureCache, decide_precision, default_cache_dir, extract_features, feature_cache
+from transferlab.features.cache import content_hash
+from transferlab.features.extract import ExtractionReport, HeldOut, extract_held_out, load_features
+from transferlab.features.maps import MAP, MAP_SIZE, MapView, map_cache
+from transferlab.record import RunDir, environment
+
+
+def hash_files(dataset: ImageDataset) -> tuple[list[str | None], list[Problem]]:
+    """Content hash per file; unreadable files (permissions, symlink loops, vanished) become problems."""
+    digests: list[str | None] = []
+    problems: list[Problem] = []
+    for index, relative in enumerate(dataset.paths):
+        try:
+            digests.append(content_hash(dataset.absolute(index)))
+        except OSError as error:
+            digests.append(None)
+            problems.append(Problem(relative, f"unreadable ({error.strerror or error})"))
+    return digests, problems
+
+
+def _ensure_trainable(dataset: ImageDataset) -> None:
+    counts = dataset.class_counts()
+    present = [name for name, count in counts.items() if count]
+    if not dataset.multilabel and len(present) < 2:
+        raise TransferlabError(f"after skipping unusable images fewer than 2 classes remain ({present or 'none'})")
+
+
+@dataclass
+class PreparedData:
+    """The shared front half of every command: usable images, their content hashes, the split and cached features.
+
+    Later stages (probe, head search, fine-tuning, ranking) start from this and never re-index or re-extract.
+    """
+
+    config: RunConfig
+    dataset: ImageDataset
+    hashes: list[str]
+    split: Split
+    backbone: Backbone
+    cache: FeatureCache
+    extraction: ExtractionReport
+    problems: list[Problem]
+    held_out: HeldOut | None = None
+
+    def features(self, cut_point: str | None = None) -> dict[str, np.ndarray]:
+        """Cached features at ``cut_point`` (default: the configured one), per split name; validation and test
+        features are fp32 (what deployment runs) even when training features are bf16."""
+        name = cut_point or self.config.cut_point
+        matrix = load_features(self.cache, self.held_out, self.hashes, name)
+        return {s: matrix[self.split.indices(s)] for s in SPLITS}
+
+    def targets(self) -> dict[str, np.ndarray]:
+        """Class ids (or 0/1 label rows for multi-label), per split name."""
+        return {s: self.dataset.y[self.split.indices(s)] for s in SPLITS}
+
+    def split_paths(self, split_name: str) -> list[Path]:
+        """Absolute image paths of one split, in the order of :meth:`features` and :meth:`targets`."""
+        return [self.dataset.absolute(int(i)) for i in self.split.indices(split_name)]
+
+    def facts(self) -> dict[str, Any]:
+        """What ``record.json`` says about the data and the backbone (stages add their own parts)."""
+        dataset, backbone = self.dataset, self.backbone
+        return {
+            "task": "multi-label" if dataset.multilabel else "single-label",
+            "classes": dataset.classes,
+            "class_counts": dataset.class_counts(),
+            "split_counts": self.split.counts(),
+            "split_digest": split_digest(dataset.paths, self.hashes, self.split),
+            "backbone": {
+                **backbone.identity(),
+                "weights_path": str(backbone.weights.path),
+                "weights_origin": backbone.weights.origin,
+                "params": backbone.count_parameters(),
+            },
+        }
+
+    def write_record(self, run_dir: RunDir) -> dict[str, Any]:
+        """Write what every command's run directory holds (config, environment, record, split, problems) and
+        return the record's facts, so ``report``, ``runs``, ``compare`` and ``rerun`` work on any command's output."""
+        facts = self.facts()
+        run_dir.write_json("config.json", self.config.to_dict())
+        run_dir.write_json("environment.json", environment())
+        run_dir.write_json("record.json", facts)
+        rows = zip(self.dataset.paths, self.hashes, self.split.assignment, strict=True)
+        run_dir.write_csv("split.csv", ["path", "sha256", "split"], [[printable(p), h, s] for p, h, s in rows])
+        run_dir.write_text("problems.txt", "".join(f"{problem}\n" for problem in self.problems))
+        return facts
+
+    def extraction_seconds(self) -> float:
+        """Seconds spent extracting features, the fp32 held-out pass included."""
+        return self.extraction.seconds + (self.held_out.report.seconds if self.held_out else 0.0)
+
+    def extraction_record(self) -> dict[str, Any]:
+        """The extraction's facts for ``timings.json``."""
+        extraction, held_out = self.extraction, self.held_out
+        return {
+            **asdict(extraction),
+            "images_per_second": extraction.images_per_second,
+            "failed": len(extraction.failed),
+            "cache_key": self.cache.key,
+            # validation + test again in fp32 when training features are bf16 (reported metrics = deployed model's)
+            "held_out_fp32": None
+            if held_out is None
+            else {
+                "images": len(held_out.rows),
+                "computed": held_out.report.computed,
+                "seconds": held_out.report.seconds,
+            },
+        }
+
+    def maps(self, cut_point: str | None = None, size: int = MAP_SIZE, progress: bool = False) -> dict[str, np.ndarray]:
+        """Float16 (N, C, h, w) maps per split, for heads that pool themselves; computed once, then cached.
+
+        Like pooled features, validation and test maps are fp32 computations even when training maps are bf16.
+        """
+        name = cut_point or self.config.cut_point
+        root = self.cache.directory.parent.parent
+        precision = self.extraction.precision_used
+        paths = [self.dataset.absolute(i) for i in range(len(self.dataset))]
+        view = MapView(self.backbone, name, size)
+        options = {"batch_size": self.config.batch_size, "workers": self.config.workers, "progress": progress}
+        cache = map_cache(self.backbone, root, name, precision, size)
+        extract_features(view, paths, self.hashes, cache, precision=precision, **options)
+        held_out = extract_held_out(
+            view,
+            paths,
+            self.hashes,
+            self.split.held_out_rows(),
+            lambda chosen: map_cache(self.backbone, root, name, chosen, size),
+            precision,
+            **options,
+        )
+        matrix = load_features(cache, held_out, self.hashes, MAP)
+        return {s: matrix[self.split.indices(s)] for s in SPLITS}
+
+
+def prepare(
+    config: RunConfig,
+    *,
+    cache_dir: str | Path | None = None,
+    progress: bool = True,
+    echo: Callable[[str], None] = print,
+) -> PreparedData:
+    """Index the data, load the backbone, extract (or reuse) features and split; skipped inputs are echoed."""
+    dataset = load_dataset(config.data, label_sep=config.label_sep)
+    backbone = load_backbone(
+        config.backbone, config.weights, allow_download=config.allow_download, image_size=config.image_size
+    )
+    if config.cut_point not in backbone.cut_dims:
+        raise TransferlabError(
+            f"unknown cut point '{config.cut_point}' for {backbone.name}: {', '.join(backbone.cut_dims)}"
+        )
+    if config.subset:
+        dataset = dataset.subset(stratified_subset(dataset.y, config.subset, config.seed))
+    problems = list(dataset.problems)
+    digests, unreadable = hash_files(dataset)
+    problems += unreadable
+    readable = [i for i, digest in enumerate(digests) if digest is not None]
+    dataset, hashes = dataset.subset(readable), [digests[i] for i in readable]
+
+    root = Path(cache_dir) if cache_dir else default_cache_dir()
+    paths = [dataset.absolute(i) for i in range(len(dataset))]
+    precision = decide_precision(backbone, paths, hashes, root)
+    cache = feature_cache(backbone, root, precision)
+    extraction = extract_features(
+        backbone,
+        paths,
+        hashes,
+        cache,
+        precision=precision,
+        batch_size=config.batch_size,
+        workers=config.workers,
+        progress=progress,
+    )
+    problems += [
+        Problem(str(Path(path).relative_to(dataset.root)), reason) for path, reason in extraction.failed.items()
+    ]
+    for problem in problems:
+        echo(str(problem))
+    if problems:
+        echo(f"{len(problems)} input(s) skipped")
+
+    usable = [i for i, digest in enumerate(hashes) if digest in cache]
+    dataset, hashes = dataset.subset(usable), [hashes[i] for i in usable]
+    _ensure_trainable(dataset)
+    split = make_split(
+        dataset.y, hashes, seed=config.seed, val_fraction=config.val_fraction, test_fraction=config.test_fraction
+    )
+    held_out = extract_held_out(
+        backbone,
+        [dataset.absolute(i) for i in range(len(dataset))],
+        hashes,
+        split.held_out_rows(),
+        lambda chosen: feature_cache(backbone, root, chosen),
+        precision,
+        batch_size=config.batch_size,
+        workers=config.workers,
+        progress=progress,
+    )
+    return PreparedData(config, dataset, hashes, split, backbone, cache, extraction, problems, held_out)
