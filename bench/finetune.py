@@ -57,7 +57,7 @@ def main() -> None:
         config = RunConfig(
             data=str(DEMO), backbone=args.backbone, image_size=args.image_size, subset=args.fraction, workers=0
         )
-        prepared = prepare(config, cache_dir=Path(scratch) / "cache", progress=False, echo=lambda _: None)
+        prepared = prepare(config, cache_dir=Path(scratch) / "cache", progress=False)
         n_units = len(freeze_units(prepared.backbone.model))
         half = f"top:{n_units // 2}"
         common = {

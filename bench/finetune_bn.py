@@ -37,7 +37,7 @@ def main() -> None:
         config = RunConfig(
             data=str(DEMO), backbone=args.backbone, image_size=args.image_size, subset=args.fraction, workers=0
         )
-        prepared = prepare(config, cache_dir=Path(scratch) / "cache", progress=False, echo=lambda _: None)
+        prepared = prepare(config, cache_dir=Path(scratch) / "cache", progress=False)
         print(f"{args.backbone} {args.image_size}px, split {prepared.split.counts()}, unfreeze {args.unfreeze}")
         head_only = {"head_epochs": args.head_epochs, "unfreeze": "none"}
         rows = [("head only (baseline)", FinetuneOptions(**head_only))]

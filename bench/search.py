@@ -62,9 +62,7 @@ def main() -> None:
 
         seconds, epochs_of = {}, {}
         for jobs in (int(part) for part in args.jobs.split(",")):
-            outcome = search_heads(
-                prepared, scratch / f"run-{jobs}", trials=args.trials, seed=0, jobs=jobs, echo=lambda _: None
-            )
+            outcome = search_heads(prepared, scratch / f"run-{jobs}", trials=args.trials, seed=0, jobs=jobs)
             seconds[jobs] = outcome.record["search_seconds"]
             epochs_of[jobs] = sum(len(t["curve"]) for t in outcome.record["trials"])
             print(

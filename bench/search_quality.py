@@ -44,7 +44,7 @@ def main() -> None:
     print(f"{'split':>5} {'search':>6} {'probe':>7} {'best':>7} {'top-' + str(args.ensemble):>7}")
     for split_seed in _numbers(args.splits):
         config = RunConfig(args.data, seed=split_seed, image_size=args.image_size, cut_point=args.cut_point)
-        prepared = prepare(config, progress=False, echo=lambda _: None)
+        prepared = prepare(config, progress=False)
         for search_seed in _numbers(args.search_seeds):
             with tempfile.TemporaryDirectory(prefix="bench-quality-") as scratch:
                 outcome = search_heads(
@@ -53,7 +53,6 @@ def main() -> None:
                     trials=args.trials,
                     seed=search_seed,
                     ensemble=args.ensemble,
-                    echo=lambda _: None,
                 )
             metric = "mAP" if "mAP" in outcome.test_metrics else "accuracy"
             probe, best, top = (

@@ -73,7 +73,7 @@ def class_folder(tmp_path: Path) -> Path:
     return make_class_folder(tmp_path / "data")
 
 
-RUN_OUTPUT = ("runs_dir", "name", "cache_dir", "progress", "echo")
+RUN_OUTPUT = ("runs_dir", "name", "cache_dir", "progress")
 
 
 def run_with(data: str | Path, **options: Any) -> Any:

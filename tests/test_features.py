@@ -146,11 +146,11 @@ def test_bf16_training_features_with_fp32_validation_and_test(
     config = RunConfig(
         str(make_class_folder(tmp_path / "data")), TINY_BACKBONE, str(tiny_weights), image_size=TINY_SIZE
     )
-    options = {"cache_dir": tmp_path / "cache", "progress": False, "echo": lambda _: None}
+    options = {"cache_dir": tmp_path / "cache", "progress": False}
     monkeypatch.setenv("TRANSFERLAB_FP32", "1")
     fp32 = prepare(config, **options)
     monkeypatch.delenv("TRANSFERLAB_FP32")
-    monkeypatch.setattr("transferlab.pipeline.decide_precision", lambda *_: Precision("bf16", 0.999))
+    monkeypatch.setattr("transferlab.prepare.decide_precision", lambda *_: Precision("bf16", 0.999))
     mixed = prepare(config, **options)
     assert mixed.extraction.precision == "bf16" and fp32.held_out is None
     assert mixed.held_out is not None and mixed.held_out.report.computed == 0  # the fp32 cache already had them

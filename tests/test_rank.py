@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
 from pathlib import Path
 
@@ -155,13 +156,12 @@ def _tiny_config(data: Path, weights: Path) -> RunConfig:
 
 
 def test_rank_scores_every_cut_point_and_lists_unavailable_backbones(
-    class_folder: Path, tiny_weights: Path, tmp_path: Path
+    class_folder: Path, tiny_weights: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    messages: list[str] = []
+    caplog.set_level(logging.INFO, logger="transferlab")
     config = _tiny_config(class_folder, tiny_weights)
-    ranking = rank(
-        config, [TINY_BACKBONE, UNAVAILABLE], cache_dir=tmp_path / "cache", progress=False, echo=messages.append
-    )
+    ranking = rank(config, [TINY_BACKBONE, UNAVAILABLE], cache_dir=tmp_path / "cache", progress=False)
+    messages = [record.getMessage() for record in caplog.records]
 
     available = [row for row in ranking.rows if row.available]
     assert {row.cut_point for row in available} == {"blocks.0", "blocks.1", "blocks.2", "blocks.3", "blocks.4", "head"}
@@ -196,7 +196,7 @@ def test_rank_multilabel_data_scores_map(class_folder: Path, tiny_weights: Path,
     csv = class_folder / "labels.csv"
     csv.write_text("\n".join(rows) + "\n")
 
-    ranking = rank(_tiny_config(csv, tiny_weights), [TINY_BACKBONE], cache_dir=tmp_path, progress=False, echo=print)
+    ranking = rank(_tiny_config(csv, tiny_weights), [TINY_BACKBONE], cache_dir=tmp_path, progress=False)
 
     assert ranking.metric == "mAP"
     assert all(0 < row.probe_cv_accuracy <= 1 and 0 < row.knn_accuracy <= 1 for row in ranking.rows)
@@ -206,9 +206,9 @@ def test_rank_multilabel_data_scores_map(class_folder: Path, tiny_weights: Path,
 def test_rank_rejects_unknown_names_and_all_unavailable(class_folder: Path, tiny_weights: Path) -> None:
     config = _tiny_config(class_folder, tiny_weights)
     with pytest.raises(TransferlabError, match="unknown backbone 'resnet_nope'"):
-        rank(config, [TINY_BACKBONE, "resnet_nope"], progress=False, echo=lambda _: None)
+        rank(config, [TINY_BACKBONE, "resnet_nope"], progress=False)
     with pytest.raises(TransferlabError, match="none of resnet18 has local weights"):
-        rank(config, [UNAVAILABLE], progress=False, echo=lambda _: None)
+        rank(config, [UNAVAILABLE], progress=False)
 
 
 def test_rank_cli_prints_table_and_choice_and_writes_ranking(
@@ -238,9 +238,7 @@ def test_rank_real_backbones_on_demo_photos(tmp_path: Path) -> None:
     """EfficientNet-Lite0 vs Lite1 on a tenth of the Fashion-MNIST demo: real features must beat chance by far."""
     started = time.perf_counter()
     config = RunConfig(data=str(DEMO), subset=0.1)
-    ranking = rank(
-        config, ["tf_efficientnet_lite0", "tf_efficientnet_lite1"], cache_dir=tmp_path, progress=False, echo=print
-    )
+    ranking = rank(config, ["tf_efficientnet_lite0", "tf_efficientnet_lite1"], cache_dir=tmp_path, progress=False)
     heads = {row.backbone: row for row in ranking.rows if row.cut_point == "head"}
     assert set(heads) == {"tf_efficientnet_lite0", "tf_efficientnet_lite1"}
     assert all(row.probe_cv_accuracy > 0.4 and row.knn_accuracy > 0.3 for row in heads.values())  # chance: 0.1

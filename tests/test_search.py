@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
 from pathlib import Path
 
@@ -30,11 +31,11 @@ def prepared(tiny_weights: Path, tmp_path_factory: pytest.TempPathFactory) -> Pr
     root = tmp_path_factory.mktemp("search")
     data = make_class_folder(root / "data", per_class=20)
     config = RunConfig(str(data), TINY_BACKBONE, str(tiny_weights), image_size=TINY_SIZE, workers=0)
-    return prepare(config, cache_dir=root / "cache", progress=False, echo=lambda _: None)
+    return prepare(config, cache_dir=root / "cache", progress=False)
 
 
 def _search(prepared: PreparedData, run_dir: Path, trials: int, **kwargs) -> dict:
-    search_heads(prepared, run_dir, trials=trials, seed=3, echo=lambda _: None, **kwargs)
+    search_heads(prepared, run_dir, trials=trials, seed=3, **kwargs)
     return json.loads((run_dir / "search.json").read_text())
 
 
@@ -67,9 +68,12 @@ def test_same_seed_same_trials(prepared: PreparedData, tmp_path: Path) -> None:
     ]
 
 
-def test_local_workers_share_the_study_and_run_every_trial_once(prepared: PreparedData, tmp_path: Path) -> None:
-    lines: list[str] = []
-    search_heads(prepared, tmp_path / "run", trials=10, seed=3, jobs=2, echo=lines.append)
+def test_local_workers_share_the_study_and_run_every_trial_once(
+    prepared: PreparedData, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="transferlab")
+    search_heads(prepared, tmp_path / "run", trials=10, seed=3, jobs=2)
+    lines = [record.getMessage() for record in caplog.records]
     record = json.loads((tmp_path / "run" / "search.json").read_text())
     assert record["jobs"] == 2 and record["n_trials"] == 10
     assert sorted(t["number"] for t in record["trials"]) == list(range(10))
@@ -107,7 +111,7 @@ def test_trial_of_a_killed_worker_is_failed_and_rerun_with_its_params(
     storage.record_heartbeat(claimed)
     time.sleep(3)
     data = HeadData.from_prepared(prepared)
-    ran = study_module.run_queued_trials(study, storage, data, seed=0, maps=False, echo=lambda _: None)
+    ran = study_module.run_queued_trials(study, storage, data, seed=0, maps=False)
     trials = study.get_trials(deepcopy=False)
     dead = storage.get_trial(claimed)
     assert dead.state == optuna.trial.TrialState.FAIL
@@ -140,12 +144,12 @@ def test_prediction_averages_the_top_heads_by_validation_loss(prepared: Prepared
     single = _search(prepared, tmp_path / "run", 5, ensemble=1)  # same study, resumed: only the prediction changes
     assert single["ensemble"]["trials"] == members[:1] and single["test_metrics"] == single["best"]["test_metrics"]
     with pytest.raises(TransferlabError, match="--ensemble must be >= 1"):
-        search_heads(prepared, tmp_path / "run", trials=5, ensemble=0, echo=lambda _: None)
+        search_heads(prepared, tmp_path / "run", trials=5, ensemble=0)
 
 
 def test_jobs_below_one_is_a_user_error(prepared: PreparedData, tmp_path: Path) -> None:
     with pytest.raises(TransferlabError, match="--jobs must be >= 1"):
-        search_heads(prepared, tmp_path / "run", trials=1, jobs=0, echo=lambda _: None)
+        search_heads(prepared, tmp_path / "run", trials=1, jobs=0)
 
 
 def test_fraction_curve_grows_nested_subsets(prepared: PreparedData) -> None:

@@ -6,6 +6,7 @@ If it is not reachable the test fails loudly; it never skips.
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -38,7 +39,7 @@ def _postgres_url() -> str:
 def prepared(tiny_weights: Path, tmp_path: Path) -> PreparedData:
     data = make_class_folder(tmp_path / "data", per_class=20)
     config = RunConfig(str(data), TINY_BACKBONE, str(tiny_weights), image_size=TINY_SIZE, workers=0)
-    return prepare(config, cache_dir=tmp_path / "cache", progress=False, echo=lambda _: None)
+    return prepare(config, cache_dir=tmp_path / "cache", progress=False)
 
 
 def test_two_workers_record_every_trial_exactly_once(prepared: PreparedData) -> None:
@@ -61,14 +62,17 @@ def test_two_workers_record_every_trial_exactly_once(prepared: PreparedData) -> 
     assert sum(ran) == TRIALS, ran
 
 
-def test_forked_local_workers_share_a_postgres_study(prepared: PreparedData, tmp_path: Path) -> None:
+def test_forked_local_workers_share_a_postgres_study(
+    prepared: PreparedData, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     """``--jobs 2`` forks a worker after the parent opened its PostgreSQL connections: neither may break the other's."""
     from transferlab.search import search_heads
 
     url = _postgres_url()
     name = f"test-{uuid.uuid4().hex[:12]}"
-    lines: list[str] = []
-    search_heads(prepared, tmp_path / "run", trials=TRIALS, storage=url, study_name=name, jobs=2, echo=lines.append)
+    caplog.set_level(logging.INFO, logger="transferlab")
+    search_heads(prepared, tmp_path / "run", trials=TRIALS, storage=url, study_name=name, jobs=2)
+    lines = [record.getMessage() for record in caplog.records]
     trials = optuna.load_study(study_name=name, storage=open_storage(url)).get_trials(deepcopy=False)
     assert sorted(t.number for t in trials) == list(range(TRIALS))
     assert all(t.state in FINISHED for t in trials), Counter(t.state.name for t in trials)

@@ -10,6 +10,7 @@ pay for timm and torchvision.
 from __future__ import annotations
 
 import importlib
+import logging
 from typing import TYPE_CHECKING, Any
 
 from transferlab.errors import TransferlabError
@@ -18,6 +19,9 @@ if TYPE_CHECKING:
     from transferlab.api import ImageClassifier
     from transferlab.config import RunConfig
     from transferlab.pipeline import RunResult, run
+
+# A library logs and stays quiet: the CLI (or the application) decides whether messages are shown.
+logging.getLogger("transferlab").addHandler(logging.NullHandler())
 
 __version__ = "0.1.0"
 __all__ = ["ImageClassifier", "RunConfig", "RunResult", "TransferlabError", "__version__", "run"]

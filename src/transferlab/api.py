@@ -23,6 +23,7 @@ from transferlab.data import load_dataset
 from transferlab.errors import TransferlabError
 from transferlab.predict import Predictions, Predictor, collect_inputs, load_predictor, predict_paths
 from transferlab.probe.metrics import classification_metrics, headline
+from transferlab.record import layout
 
 Paths = str | Path | Sequence[str | Path]
 log = logging.getLogger("transferlab")
@@ -110,7 +111,6 @@ class ImageClassifier(BaseEstimator):
             name=self.name,
             cache_dir=self.cache_dir,
             progress=self.progress,
-            echo=log.info,
         )
         self.run_dir_ = result.run_dir
         self._predictor = load_predictor(result.run_dir)
@@ -123,9 +123,9 @@ class ImageClassifier(BaseEstimator):
         from transferlab.fileio import read_json
 
         path = Path(run_dir)
-        if not (path / "config.json").is_file():
+        if not (path / layout.CONFIG).is_file():
             raise TransferlabError(f"{path}: not a run directory (no config.json)")
-        config = RunConfig.from_dict(read_json(path / "config.json")).to_dict()
+        config = RunConfig.from_dict(read_json(path / layout.CONFIG)).to_dict()
         del config["data"]
         clf = cls(**config, runs_dir=path.parent, name=path.name)
         clf.run_dir_ = path

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 from transferlab.commands import COMMAND_MODULES
 from transferlab.errors import DISK_FULL, TransferlabError
@@ -21,10 +23,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _Terminal(logging.Handler):
+    """Progress lines as plain text on the current ``sys.stdout`` (looked up per line, so redirection works)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        print(self.format(record), file=sys.stdout, flush=True)
+
+
+@contextmanager
+def terminal_output() -> Iterator[None]:
+    """The library logs (``transferlab.*`` loggers) and stays quiet; the command line shows its INFO lines."""
+    logger = logging.getLogger("transferlab")
+    handler, level = _Terminal(), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        args.handler(args)
+        with terminal_output():
+            args.handler(args)
     except TransferlabError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass, fields
 from datetime import datetime, timezone
 from pathlib import Path
@@ -134,7 +133,6 @@ def rerun(
     cache_dir: str | Path | None = None,
     tolerance: float = 1e-6,
     progress: bool = True,
-    echo: Callable[[str], None] = print,
 ) -> Rerun:
     """Repeat a run from its ``config.json`` (same data, options and seed) under a new name and compare results."""
     from transferlab.config import RunConfig
@@ -152,7 +150,6 @@ def rerun(
         name=name or f"{original.name}-rerun-{stamp}",
         cache_dir=cache_dir,
         progress=progress,
-        echo=echo,
     )
     repeat = load_run(result.run_dir)
     mismatches = differences(result_values(original), result_values(repeat), tolerance)

@@ -6,8 +6,8 @@ The top of the house: it imports the stages, none of them imports it. Each stage
 
 from __future__ import annotations
 
+import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,7 +20,7 @@ from transferlab.prepare import PreparedData, prepare
 from transferlab.probe import fit_probe
 from transferlab.probe.linear import ProbeResult
 from transferlab.probe.metrics import headline
-from transferlab.record import RunDir
+from transferlab.record import RunDir, layout
 from transferlab.record.predictions import prediction_rows, write_predictions
 from transferlab.record.rundir import default_run_name, process_facts
 from transferlab.record.saved_probe import save_probe
@@ -29,6 +29,8 @@ from transferlab.search.stage import search_stage
 
 if TYPE_CHECKING:
     from transferlab.rank.ranking import Ranking
+
+log = logging.getLogger(__name__)
 
 
 def _number(value: float | None) -> str:
@@ -53,7 +55,7 @@ class RunResult:
 
     @property
     def report_path(self) -> Path:
-        return self.run_dir / "report.html"
+        return self.run_dir / layout.REPORT
 
     def summary(self) -> str:
         """A short table for the terminal."""
@@ -77,7 +79,6 @@ def run(
     name: str | None = None,
     cache_dir: str | Path | None = None,
     progress: bool = True,
-    echo: Callable[[str], None] = print,
 ) -> RunResult:
     """[rank] → prepare → probe → [head search] → [fine-tune] → record, advice and report in ``runs_dir/<name>/``.
 
@@ -86,8 +87,8 @@ def run(
     """
     config = config if isinstance(config, RunConfig) else RunConfig(str(config))
     started = time.perf_counter()
-    config, ranking = _rank(config, cache_dir, progress, echo)
-    prepared = prepare(config, cache_dir=cache_dir, progress=progress, echo=echo)
+    config, ranking = _rank(config, cache_dir, progress)
+    prepared = prepare(config, cache_dir=cache_dir, progress=progress)
     run_dir = RunDir(Path(runs_dir), name or default_run_name(Path(config.data)))
     facts = prepared.write_record(run_dir)
     if ranking is not None:
@@ -98,11 +99,11 @@ def run(
     stage_metrics = {"probe": probe.metrics.get("test", {})}
     searched = None
     if config.trials:
-        searched, _ = search_stage(prepared, run_dir.path, config, probe, echo)
+        searched, _ = search_stage(prepared, run_dir.path, config, probe)
         stage_metrics["head search"] = searched.test_metrics
     if config.finetune is not None:
-        options = finetune_options(config, searched, probe, echo)
-        stage_metrics["fine-tune"], rows = finetune_stage(prepared, run_dir.path, options, probe, searched, echo)
+        options = finetune_options(config, searched, probe, log.info)
+        stage_metrics["fine-tune"], rows = finetune_stage(prepared, run_dir.path, options, probe, searched, log.info)
     write_predictions(run_dir, rows, prepared.dataset.classes)
     timings = {
         "extraction_seconds": prepared.extraction_seconds(),
@@ -110,8 +111,8 @@ def run(
         "total_seconds": time.perf_counter() - started,
     }
     extraction = prepared.extraction_record()
-    run_dir.write_json("timings.json", {**timings, "extraction": extraction})
-    run_dir.write_json("process.json", process_facts())
+    run_dir.write_json(layout.TIMINGS, {**timings, "extraction": extraction})
+    run_dir.write_json(layout.PROCESS, process_facts())
     result = RunResult(
         run_dir.path, probe.metrics, prepared.dataset.classes, prepared.problems, extraction, timings, config, facts
     )
@@ -121,16 +122,14 @@ def run(
     return result
 
 
-def _rank(
-    config: RunConfig, cache_dir: str | Path | None, progress: bool, echo: Callable[[str], None]
-) -> tuple[RunConfig, Ranking | None]:
+def _rank(config: RunConfig, cache_dir: str | Path | None, progress: bool) -> tuple[RunConfig, Ranking | None]:
     """With several ``backbones``, rank them and continue with the chosen backbone and cut point."""
     if not config.backbones:
         return config, None
     from transferlab.rank.ranking import rank
 
-    ranking = rank(config, config.backbones, cache_dir=cache_dir, progress=progress, echo=echo)
-    echo(ranking.table())
+    ranking = rank(config, config.backbones, cache_dir=cache_dir, progress=progress)
+    log.info(ranking.table())
     chosen = ranking.chosen
     weights = config.weights if chosen.backbone == config.backbone else None
     return replace(config, backbone=chosen.backbone, cut_point=chosen.cut_point, weights=weights), ranking
@@ -146,8 +145,8 @@ def _probe_stage(prepared: PreparedData, run_dir: RunDir, facts: dict[str, Any])
         "cut_point": prepared.config.cut_point,
         "thresholds": None if probe.thresholds is None else probe.thresholds.tolist(),
     }
-    run_dir.write_json("record.json", facts)
-    run_dir.write_json("metrics.json", probe.metrics)
+    run_dir.write_json(layout.RECORD, facts)
+    run_dir.write_json(layout.METRICS, probe.metrics)
     save_probe(run_dir.path, probe, dataset.classes, prepared.config.cut_point, facts["backbone"], dataset.multilabel)
     rows = []
     for split_name in ("val", "test"):

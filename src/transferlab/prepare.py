@@ -6,7 +6,7 @@ stage (probe, ranking, head search, fine-tuning) starts from; it sits below all 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +24,9 @@ from transferlab.features import FeatureCache, decide_precision, default_cache_d
 from transferlab.features.cache import content_hash
 from transferlab.features.extract import ExtractionReport, HeldOut, extract_held_out, load_features
 from transferlab.features.maps import MAP, MAP_SIZE, MapView, map_cache
-from transferlab.record import RunDir, environment
+from transferlab.record import RunDir, environment, layout
+
+log = logging.getLogger(__name__)
 
 
 def hash_files(dataset: ImageDataset) -> tuple[list[str | None], list[Problem]]:
@@ -100,12 +102,12 @@ class PreparedData:
         """Write what every command's run directory holds (config, environment, record, split, problems) and
         return the record's facts, so ``report``, ``runs``, ``compare`` and ``rerun`` work on any command's output."""
         facts = self.facts()
-        run_dir.write_json("config.json", self.config.to_dict())
-        run_dir.write_json("environment.json", environment())
-        run_dir.write_json("record.json", facts)
+        run_dir.write_json(layout.CONFIG, self.config.to_dict())
+        run_dir.write_json(layout.ENVIRONMENT, environment())
+        run_dir.write_json(layout.RECORD, facts)
         rows = zip(self.dataset.paths, self.hashes, self.split.assignment, strict=True)
-        run_dir.write_csv("split.csv", ["path", "sha256", "split"], [[printable(p), h, s] for p, h, s in rows])
-        run_dir.write_text("problems.txt", "".join(f"{problem}\n" for problem in self.problems))
+        run_dir.write_csv(layout.SPLIT, ["path", "sha256", "split"], [[printable(p), h, s] for p, h, s in rows])
+        run_dir.write_text(layout.PROBLEMS, "".join(f"{problem}\n" for problem in self.problems))
         return facts
 
     def extraction_seconds(self) -> float:
@@ -161,9 +163,8 @@ def prepare(
     *,
     cache_dir: str | Path | None = None,
     progress: bool = True,
-    echo: Callable[[str], None] = print,
 ) -> PreparedData:
-    """Index the data, load the backbone, extract (or reuse) features and split; skipped inputs are echoed."""
+    """Index the data, load the backbone, extract (or reuse) features and split; skipped inputs are logged."""
     dataset = load_dataset(config.data, label_sep=config.label_sep)
     backbone = load_backbone(
         config.backbone, config.weights, allow_download=config.allow_download, image_size=config.image_size
@@ -198,9 +199,9 @@ def prepare(
         Problem(str(Path(path).relative_to(dataset.root)), reason) for path, reason in extraction.failed.items()
     ]
     for problem in problems:
-        echo(str(problem))
+        log.warning(str(problem))
     if problems:
-        echo(f"{len(problems)} input(s) skipped")
+        log.warning(f"{len(problems)} input(s) skipped")
 
     usable = [i for i, digest in enumerate(hashes) if digest in cache]
     dataset, hashes = dataset.subset(usable), [hashes[i] for i in usable]

@@ -13,6 +13,7 @@ from typing import Any
 from transferlab.advice.facts import gather_facts
 from transferlab.advice.rules import RULES, Rule
 from transferlab.fileio import write_json
+from transferlab.record import layout
 from transferlab.record.runfiles import RunFiles, load_run
 
 
@@ -42,7 +43,7 @@ def advice_for(run: RunFiles, rules: tuple[Rule, ...] = RULES) -> list[Advice]:
 def advise(run_path: str | Path) -> list[Advice]:
     """Advice for the run in ``run_path``, also written to ``advice.json`` there."""
     advice = advice_for(load_run(run_path))
-    write_json(Path(run_path) / "advice.json", [asdict(item) for item in advice])
+    write_json(Path(run_path) / layout.ADVICE, [asdict(item) for item in advice])
     return advice
 
 

@@ -1,7 +1,6 @@
-"""A pretrained timm network with its top removed that returns pooled features from several depths at once.
+"""A pretrained timm network with its top removed that returns pooled features at every cut point at once.
 
-Cut points are the model's own stage ends (timm ``feature_info`` modules, e.g. ``blocks.4``) plus ``head``, the
-pooled pre-logits vector. One ``forward_intermediates`` pass yields all of them, so choosing where to cut the
+One ``forward_intermediates`` pass yields all of them (``transferlab.model.cut``), so choosing where to cut the
 network later costs no extra forward pass.
 """
 
@@ -18,9 +17,8 @@ from torch import nn
 from transferlab.backbones import efficientnet_pytorch
 from transferlab.backbones.registry import WeightsSource, resolve_weights
 from transferlab.errors import TransferlabError
-from transferlab.model.cut import HEAD, pooled_at_every_cut, stage_names
-from transferlab.model.network import create_network
-from transferlab.model.weights import read_weights
+from transferlab.model.cut import HEAD, pool, stage_names
+from transferlab.model.network import create_network, read_weights
 
 
 def _apply_weights(model: nn.Module, name: str, source: WeightsSource, keep_classifier: bool) -> None:
@@ -62,8 +60,10 @@ class Backbone:
         }
 
     def features(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Pooled features at every cut point (``transferlab.model.cut.pool``), from one forward pass."""
-        return pooled_at_every_cut(self.model, images)
+        """Pooled features (``transferlab.model.cut.pool``) at every cut point, from one forward pass."""
+        final, intermediates = self.model.forward_intermediates(images)
+        pairs = enumerate(zip(self.cut_points, intermediates, strict=True))
+        return {name: pool(self.model, maps, i) for i, (name, maps) in pairs} | {HEAD: pool(self.model, final, None)}
 
     def count_parameters(self) -> int:
         return sum(p.numel() for p in self.model.parameters())

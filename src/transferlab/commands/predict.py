@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from transferlab.record import layout
+
 
 def register(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
@@ -16,7 +18,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("model", help="run directory, run name inside --runs-dir, or ONNX export directory")
     parser.add_argument("paths", nargs="+", metavar="PATH", help="image files, folders (recursive) or CSVs of paths")
-    parser.add_argument("--out", default="predictions.csv", help="CSV to write (default predictions.csv)")
+    parser.add_argument("--out", default=layout.PREDICTIONS, help="CSV to write (default predictions.csv)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--workers", type=int, default=0, help="image decoding processes (default 0)")
     parser.add_argument("--runs-dir", default="runs", help="where run names are looked up (default ./runs)")

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from transferlab.commands.options import add_run_options, run_config
+from transferlab.record import layout
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -35,8 +36,8 @@ def handle(args: argparse.Namespace) -> None:
     config = run_config(args, backbones=backbones)
     ranking = rank(config, backbones, cache_dir=args.cache_dir, progress=not args.no_progress)
     run_dir = RunDir(Path(args.runs_dir), args.name or default_run_name(Path(config.data)))
-    run_dir.write_json("config.json", config.to_dict())
-    run_dir.write_json("environment.json", environment())
+    run_dir.write_json(layout.CONFIG, config.to_dict())
+    run_dir.write_json(layout.ENVIRONMENT, environment())
     path = write_ranking(run_dir, ranking)
     print(ranking.table())
     print(f"ranking: {path}")

@@ -56,7 +56,7 @@ def handle_search(args: argparse.Namespace) -> None:
     prepared.write_record(run_dir)
     run_dir = run_dir.path
     _, curve = search_stage(
-        prepared, run_dir, config, None, print, storage=args.storage, study_name=args.study, maps=args.maps
+        prepared, run_dir, config, None, storage=args.storage, study_name=args.study, maps=args.maps
     )
     for row in curve["rows"] if curve else []:
         print(

@@ -1,8 +1,4 @@
-"""The fine-tuned network: ``transferlab.model``'s cut backbone plus a head built from a HeadSpec.
-
-The network, its builder and its saved form (:func:`~transferlab.model.network.saved_state`, reloaded by
-``transferlab.model.load_run_model``) live in ``transferlab.model``; this module adds what only training needs.
-"""
+"""The fine-tuned network (``transferlab.model.network``: cut backbone + HeadSpec head) and what only training adds."""
 
 from __future__ import annotations
 
@@ -35,11 +31,8 @@ def is_linear_head(spec: HeadSpec) -> bool:
 
 
 def init_from_probe(net: FinetuneNet, probe_model: Any, n_outputs: int) -> None:
-    """LP-FT warm start: copy a logistic-regression probe into the head's linear layer.
-
-    The probe's standardization is folded into the weights (same logits from raw pooled features). Classes the
-    probe never saw get a strongly negative bias.
-    """
+    """LP-FT warm start: the probe, standardization folded in, as the head's linear layer (same logits from raw
+    pooled features). Classes the probe never saw get a strongly negative bias."""
     tensors = probe_tensors(probe_model)
     coef, intercept = fold_standardization(tensors["coef"], tensors["intercept"], tensors["mean"], tensors["scale"])
     index = tensors["classes_index"]

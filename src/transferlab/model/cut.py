@@ -46,10 +46,3 @@ def pool(network: nn.Module, maps: torch.Tensor, index: int | None) -> torch.Ten
     if index is None:
         return network.forward_head(maps, pre_logits=True).float()
     return maps.float().mean(dim=(2, 3))
-
-
-def pooled_at_every_cut(network: nn.Module, images: torch.Tensor) -> dict[str, torch.Tensor]:
-    """``pool`` at every cut point from one ``forward_intermediates`` pass (the feature-extraction hot path)."""
-    final, intermediates = network.forward_intermediates(images)
-    pairs = enumerate(zip(stage_names(network), intermediates, strict=True))
-    return {name: pool(network, maps, i) for i, (name, maps) in pairs} | {HEAD: pool(network, final, None)}

@@ -18,9 +18,8 @@ from transferlab.errors import TransferlabError
 from transferlab.fileio import read_json
 from transferlab.heads import HeadSpec
 from transferlab.model.cut import cut_network
-from transferlab.model.network import CPU, CutModel, build_model, create_network, load_saved_state
+from transferlab.model.network import CPU, CutModel, build_model, create_network, load_saved_state, read_weights
 from transferlab.model.probe_head import ProbeHead
-from transferlab.model.weights import read_weights
 
 PREPROCESSING_KEYS = ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode")
 
@@ -61,7 +60,7 @@ def _preprocessing(data_config: dict[str, Any]) -> dict[str, Any]:
     return {key: data_config[key] for key in PREPROCESSING_KEYS if key in data_config}
 
 
-def _load_probe(run: Path, device: torch.device) -> tuple[CutModel, dict[str, Any], dict[str, Any]]:
+def _load_probe(run: Path) -> tuple[CutModel, dict[str, Any], dict[str, Any]]:
     from transferlab.backbones import load_backbone  # deferred: transferlab.backbones builds on transferlab.model
 
     saved = _read(run / "probe.json")
@@ -77,15 +76,16 @@ def _load_probe(run: Path, device: torch.device) -> tuple[CutModel, dict[str, An
     body, index = cut_network(backbone.model, saved["cut_point"])
     head = ProbeHead(tensors, len(saved["classes"]), saved["multilabel"])
     preprocessing = record.get("backbone", {}).get("preprocessing") or backbone.data_config
-    return CutModel(body, head, index, pooled=True, device=device), saved, preprocessing
+    return CutModel(body, head, index, pooled=True), saved, preprocessing
 
 
-def _load_finetuned(run: Path, device: torch.device) -> tuple[CutModel, dict[str, Any], dict[str, Any]]:
+def _load_finetuned(run: Path) -> tuple[CutModel, dict[str, Any], dict[str, Any]]:
     saved = _read(run / "finetuned.json")
     preprocessing = _preprocessing(saved["preprocessing"])
     spec = HeadSpec.from_dict(saved["head_spec"])
     args = (saved["cut_point"], spec, len(saved["classes"]), preprocessing["input_size"])
-    module = build_model(create_network(saved["backbone"]), *args, output=spec.output, device=device)
+    module = build_model(create_network(saved["backbone"]), *args)
+    module.output = spec.output
     path = run / "finetuned.safetensors"
     load_saved_state(module, read_weights(path), str(path))
     return module, saved, preprocessing
@@ -97,7 +97,8 @@ def load_run_model(run_dir: str | Path, device: torch.device = CPU) -> LoadedMod
     if not run.is_dir():
         raise TransferlabError(f"run directory not found: {run}")
     kind = "finetuned" if (run / "finetuned.json").is_file() else "probe"
-    module, saved, preprocessing = (_load_finetuned if kind == "finetuned" else _load_probe)(run, device)
+    module, saved, preprocessing = (_load_finetuned if kind == "finetuned" else _load_probe)(run)
+    module.device = device
     return LoadedModel(
         module.to(device).eval(),
         list(saved["classes"]),

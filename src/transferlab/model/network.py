@@ -1,12 +1,16 @@
 """The network fine-tuning trains and runs deploy: a timm backbone cut at a cut point, then a head.
 
-One builder (:func:`build_model`) for both, and one saved form (keys ``backbone.<timm key>``, ``head.<key>``).
+One builder (:func:`build_model`) for both, one saved form (keys ``backbone.<timm key>``, ``head.<key>``) and one
+reader of weight files (:func:`read_weights`: safetensors or ``torch.load(weights_only=True)``, never code).
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import timm
 import torch
+from safetensors.torch import load_file
 from torch import nn
 
 from transferlab.errors import TransferlabError
@@ -14,6 +18,29 @@ from transferlab.heads import HeadSpec, build_head
 from transferlab.model.cut import cut_maps, cut_network, pool
 
 CPU = torch.device("cpu")
+
+
+def read_weights(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of ``path``: a safetensors file, or a plain (possibly wrapped) torch state dict."""
+    if not path.is_file():
+        raise TransferlabError(f"{path}: weights file not found")
+    if path.suffix == ".safetensors":
+        try:
+            return load_file(str(path))
+        except Exception as error:  # safetensors raises its own error type for a bad header or truncated data
+            raise TransferlabError(f"{path}: not a valid safetensors file ({str(error)[:200]})") from None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise TransferlabError(
+            f"{path}: refused to load: not a plain tensor checkpoint ({type(error).__name__}: {str(error)[:200]})"
+        ) from None
+    for wrapper in ("state_dict", "model", "model_state_dict"):
+        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
+            state = state[wrapper]
+    if not isinstance(state, dict):
+        raise TransferlabError(f"{path}: expected a state dict of tensors, found {type(state).__name__}")
+    return {key.removeprefix("module."): value for key, value in state.items()}
 
 
 def create_network(name: str, *, keep_classifier: bool = False) -> nn.Module:
@@ -33,23 +60,12 @@ class CutModel(nn.Module):
     logits into probabilities (None: as they are). ``device`` is where this model's inputs are created.
     """
 
-    def __init__(
-        self,
-        body: nn.Module,
-        head: nn.Module,
-        stage_index: int | None,
-        *,
-        pooled: bool = False,
-        output: str | None = None,
-        device: torch.device = CPU,
-    ) -> None:
+    device: torch.device = CPU
+
+    def __init__(self, body: nn.Module, head: nn.Module, stage_index: int | None, pooled: bool = False) -> None:
         super().__init__()
-        self.body = body
-        self.head = head
-        self.stage_index = stage_index
-        self.pooled = pooled
-        self.output = output
-        self.device = device
+        self.body, self.head, self.stage_index, self.pooled = body, head, stage_index, pooled
+        self.output: str | None = None
 
     def maps(self, images: torch.Tensor) -> torch.Tensor:
         return cut_maps(self.body, images, self.stage_index)
@@ -66,29 +82,19 @@ class CutModel(nn.Module):
         return scores
 
 
-def build_model(
-    network: nn.Module,
-    cut_point: str,
-    spec: HeadSpec,
-    n_outputs: int,
-    input_size: tuple[int, int, int],
-    *,
-    output: str | None = None,
-    device: torch.device = CPU,
-) -> CutModel:
-    """``network`` (cut in place at ``cut_point``, eval mode) with a new ``spec`` head sized by one probe pass."""
-    body, index = cut_network(network.to(device), cut_point)
-    body.eval()
-    net = CutModel(body, nn.Identity(), index, output=output, device=device)
+def build_model(network: nn.Module, cut_point: str, spec: HeadSpec, n_outputs: int, shape: tuple[int, ...]) -> CutModel:
+    """``network`` (cut in place at ``cut_point``, eval, on its own device) + a ``spec`` head for ``shape`` images."""
+    body, index = cut_network(network, cut_point)
+    net = CutModel(body.eval(), nn.Identity(), index)
+    net.device = next(body.parameters()).device
     with torch.no_grad():
-        channels, height, width = net.maps(torch.zeros(1, *input_size, device=device)).shape[1:]
-    net.head = build_head(spec, int(channels), (int(height), int(width)), n_outputs).to(device)
+        channels, height, width = net.maps(torch.zeros(1, *shape, device=net.device)).shape[1:]
+    net.head = build_head(spec, int(channels), (int(height), int(width)), n_outputs).to(net.device)
     return net
 
 
 def saved_state(net: CutModel, network: nn.Module) -> dict[str, torch.Tensor]:
-    """State to save: ``backbone.*`` keys of the *whole* timm ``network`` ``net`` was cut from (blocks pruned above
-    the cut keep their pretrained values) and ``head.*`` keys."""
+    """``backbone.*`` keys of the whole ``network`` ``net`` was cut from (pruned blocks unchanged), ``head.*`` keys."""
     full = dict(network.state_dict()) | dict(net.body.state_dict())
     state = {f"backbone.{name}": tensor for name, tensor in full.items()}
     state |= {f"head.{name}": tensor for name, tensor in net.head.state_dict().items()}

@@ -13,10 +13,7 @@ Array = TypeVar("Array", np.ndarray, torch.Tensor)
 
 
 def fold_standardization(weight: Array, bias: Array, mean: Array, scale: Array) -> tuple[Array, Array]:
-    """``(weight', bias')`` with ``x @ weight'.T + bias' == ((x - mean) / scale) @ weight.T + bias``.
-
-    The one place a z-scoring is folded into a linear layer (W/σ, b − W·μ/σ), for numpy arrays or torch tensors.
-    """
+    """A z-scoring folded into the linear layer after it: ``x @ W'.T + b' == ((x - mean) / scale) @ W.T + b``."""
     folded = weight / scale
     return folded, bias - folded @ mean
 

@@ -38,17 +38,16 @@ class Predictor:
     scores: Callable[[torch.Tensor], np.ndarray]
     source: str
 
+    def _cutoffs(self) -> np.ndarray:
+        return self.thresholds if self.thresholds is not None else np.full(len(self.classes), 0.5)
+
     def over_threshold(self, scores: np.ndarray) -> np.ndarray:
         """Multi-label decisions: each label's score against its tuned threshold (0.5 where none was tuned)."""
-        thresholds = self.thresholds if self.thresholds is not None else np.full(len(self.classes), 0.5)
-        return scores >= thresholds
+        return scores >= self._cutoffs()
 
     def decide(self, scores: np.ndarray) -> tuple[list[str], np.ndarray]:
         """Labels and confidences by the rule of the run's own ``predictions.csv`` (0.5 where none was tuned)."""
-        if not self.multilabel:
-            return decide(scores, self.classes, None)
-        thresholds = self.thresholds if self.thresholds is not None else np.full(len(self.classes), 0.5)
-        return decide(scores, self.classes, thresholds)
+        return decide(scores, self.classes, self._cutoffs() if self.multilabel else None)
 
 
 def _thresholds(values: Sequence[float] | None) -> np.ndarray | None:

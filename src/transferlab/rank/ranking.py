@@ -13,7 +13,7 @@ whether they agree.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import logging
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -29,9 +29,11 @@ from transferlab.prepare import PreparedData, prepare
 from transferlab.rank.cost import backbone_cost
 from transferlab.rank.logme import logme_score
 from transferlab.rank.scores import cv_folds, knn_cv, probe_cv
-from transferlab.record import RunDir
+from transferlab.record import RunDir, layout
 
-RANKING_FILE = "ranking.json"
+log = logging.getLogger(__name__)
+
+RANKING_FILE = layout.RANKING
 
 
 @dataclass
@@ -207,7 +209,6 @@ def rank(
     *,
     cache_dir: str | Path | None = None,
     progress: bool = True,
-    echo: Callable[[str], None] = print,
 ) -> Ranking:
     """Score every cut point of every backbone on ``config``'s data, seed and split; rank them and choose one.
 
@@ -227,18 +228,19 @@ def rank(
         try:
             resolve_weights(name, weights, allow_download=config.allow_download)
         except TransferlabError as error:
-            echo(f"{name}: unavailable ({error})")
+            log.warning(f"{name}: unavailable ({error})")
             rows.append(RankRow(name, None, False, note=str(error)))
             continue
-        echo(f"ranking {name}")
+        log.info(f"ranking {name}")
         prepared = prepare(
             replace(config, backbone=name, weights=weights, cut_point=HEAD),
             cache_dir=cache_dir,
             progress=progress,
-            echo=echo,
         )
         if first is not None and prepared.hashes != first.hashes:
-            echo(f"warning: {name} could read a different set of images than {first.backbone.name}; scores differ")
+            log.warning(
+                f"warning: {name} could read a different set of images than {first.backbone.name}; scores differ"
+            )
         first = first or prepared
         rows += score_backbone(prepared)
     if first is None:

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from transferlab.data.dataset import printable
+from transferlab.record import layout
 from transferlab.record.rundir import RunDir
 
 LABEL_JOIN = ";"
@@ -57,4 +58,4 @@ def prediction_rows(
 
 
 def write_predictions(run_dir: RunDir, rows: list[list[str]], classes: list[str]) -> Path:
-    return run_dir.write_csv("predictions.csv", header(classes), rows)
+    return run_dir.write_csv(layout.PREDICTIONS, header(classes), rows)

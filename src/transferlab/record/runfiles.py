@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from transferlab.errors import TransferlabError
+from transferlab.record import layout
 from transferlab.record.predictions import LABEL_JOIN
 
 LABEL_SEP = LABEL_JOIN
@@ -69,8 +70,8 @@ class RunFiles:
     @property
     def finished(self) -> datetime:
         """When the run wrote its results (metrics.json, else config.json): the date shown by ``transferlab runs``."""
-        marker = self.path / "metrics.json"
-        stamp = (marker if marker.exists() else self.path / "config.json").stat().st_mtime
+        marker = self.path / layout.METRICS
+        stamp = (marker if marker.exists() else self.path / layout.CONFIG).stat().st_mtime
         return datetime.fromtimestamp(stamp, tz=timezone.utc)
 
     def final_metrics(self) -> tuple[str, dict[str, dict[str, Any]]]:
@@ -109,27 +110,27 @@ class RunFiles:
 def load_run(run_path: str | Path) -> RunFiles:
     """Read every file a run directory may hold; a folder without ``config.json`` is not a run."""
     path = Path(run_path)
-    config = _json(path / "config.json")
+    config = _json(path / layout.CONFIG)
     if config is None:
         raise TransferlabError(f"{path}: not a run directory (no config.json)")
-    problems_file = path / "problems.txt"
+    problems_file = path / layout.PROBLEMS
     problems = (
         problems_file.read_text(encoding="utf-8", errors="replace").splitlines() if problems_file.is_file() else []
     )
     return RunFiles(
         path=path,
         config=config,
-        environment=_json(path / "environment.json") or {},
-        process=_json(path / "process.json") or {},
-        record=_json(path / "record.json") or {},
-        metrics=_json(path / "metrics.json") or {},
-        timings=_json(path / "timings.json") or {},
-        ranking=_json(path / "ranking.json"),
-        search=_json(path / "search.json"),
-        fractions=_json(path / "fractions.json"),
-        finetune=_json(path / "finetune.json"),
-        split_rows=_csv(path / "split.csv"),
-        predictions=_csv(path / "predictions.csv"),
+        environment=_json(path / layout.ENVIRONMENT) or {},
+        process=_json(path / layout.PROCESS) or {},
+        record=_json(path / layout.RECORD) or {},
+        metrics=_json(path / layout.METRICS) or {},
+        timings=_json(path / layout.TIMINGS) or {},
+        ranking=_json(path / layout.RANKING),
+        search=_json(path / layout.SEARCH),
+        fractions=_json(path / layout.FRACTIONS),
+        finetune=_json(path / layout.FINETUNE),
+        split_rows=_csv(path / layout.SPLIT),
+        predictions=_csv(path / layout.PREDICTIONS),
         problems=[line for line in problems if line.strip()],
     )
 
@@ -141,7 +142,7 @@ def find_runs(runs_dir: str | Path) -> tuple[list[RunFiles], list[str]]:
         raise TransferlabError(f"runs directory {root} does not exist")
     runs, unreadable = [], []
     for child in sorted(root.iterdir()):
-        if (child / "config.json").is_file():
+        if (child / layout.CONFIG).is_file():
             try:
                 runs.append(load_run(child))
             except TransferlabError as error:
@@ -152,6 +153,6 @@ def find_runs(runs_dir: str | Path) -> tuple[list[RunFiles], list[str]]:
 def resolve_run(run: str | Path, runs_dir: str | Path = "runs") -> Path:
     """A run given as a path or as a name inside ``runs_dir``."""
     for candidate in (Path(run), Path(runs_dir) / str(run)):
-        if (candidate / "config.json").is_file():
+        if (candidate / layout.CONFIG).is_file():
             return candidate
     raise TransferlabError(f"no run '{run}' (looked for {run}/config.json and {Path(runs_dir) / str(run)}/config.json)")

@@ -19,6 +19,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 
 from transferlab.advice import Advice, advise
 from transferlab.fileio import atomic_write_text
+from transferlab.record import layout
 from transferlab.record.predictions import PROBABILITY_PREFIX
 from transferlab.record.runfiles import LABEL_SEP, RunFiles, load_run
 from transferlab.report import plots
@@ -161,9 +162,9 @@ def _cost(run: RunFiles) -> list[tuple[str, str]]:
         ("backbone parameters", backbone.get("params"), "{:,}"),
         ("best head parameters", best.get("head_params"), "{:,}"),
         ("backbone weights on disk", _file_mb(backbone.get("weights_path")), "{:.1f} MB"),
-        ("probe on disk", _file_mb(run.path / "probe.safetensors"), "{:.2f} MB"),
+        ("probe on disk", _file_mb(run.path / layout.PROBE_WEIGHTS), "{:.2f} MB"),
         ("best head on disk", best.get("head_mb"), "{:.2f} MB"),
-        ("fine-tuned model on disk", _file_mb(run.path / "finetuned.safetensors"), "{:.1f} MB"),
+        ("fine-tuned model on disk", _file_mb(run.path / layout.FINETUNED_WEIGHTS), "{:.1f} MB"),
         ("GFLOPs per image", _ranking_row(run).get("gflops"), "{:.3f}"),
         ("feature extraction", extraction.get("images_per_second"), "{:.1f} images/s"),
         ("features computed in", extraction.get("precision"), "{}"),
@@ -186,7 +187,7 @@ def report_context(run: RunFiles, advice: list[Advice]) -> dict[str, Any]:
     """Everything the template shows; ``None`` or empty values make their section disappear."""
     stage, final = run.final_metrics()
     test = final.get("test") or {}
-    augmentation = run.path / "augmentation_preview.png"
+    augmentation = run.path / layout.AUGMENTATION_PREVIEW
     backbone = run.record.get("backbone") or {}
     return {
         "name": run.name,
@@ -226,7 +227,7 @@ def report_context(run: RunFiles, advice: list[Advice]) -> dict[str, Any]:
 
 def render_report(context: dict[str, Any]) -> str:
     environment = Environment(loader=PackageLoader("transferlab", "report/templates"), autoescape=select_autoescape())
-    return environment.get_template("report.html").render(**context)
+    return environment.get_template(layout.REPORT).render(**context)
 
 
 def write_report(run_path: Path, advice: list[Advice] | None = None) -> Path:
@@ -238,5 +239,5 @@ def write_report(run_path: Path, advice: list[Advice] | None = None) -> Path:
     """
     run_path = Path(run_path)
     advice = advise(run_path) if advice is None else advice
-    atomic_write_text(run_path / "report.html", render_report(report_context(load_run(run_path), advice)))
-    return run_path / "report.html"
+    atomic_write_text(run_path / layout.REPORT, render_report(report_context(load_run(run_path), advice)))
+    return run_path / layout.REPORT

@@ -107,7 +107,5 @@ class HeadData:
             return None
         mean, std = (torch.as_tensor(v, dtype=torch.float32) for v in self.pooled_stats)
         with torch.no_grad():
-            weight, bias = fold_standardization(first.weight, first.bias, mean, std)
-            first.weight.copy_(weight)
-            first.bias.copy_(bias)
+            first.weight[:], first.bias[:] = fold_standardization(first.weight, first.bias, mean, std)
         return raw

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from transferlab.fileio import write_json
 from transferlab.heads import Head, HeadSpec, cost_warning, head_cost
 from transferlab.prepare import PreparedData, prepare
 from transferlab.probe import fit_probe
+from transferlab.record import layout
 from transferlab.search.data import HeadData
 from transferlab.search.ensemble import ENSEMBLE_SIZE, HeadEnsemble, head_scores, split_metrics, top_trials
 from transferlab.search.parallel import local_workers
@@ -32,6 +34,8 @@ from transferlab.search.study import (
     worker_config,
 )
 from transferlab.search.train import predict_logits, score, train_head
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -146,7 +150,6 @@ def search_heads(
     jobs: int = 1,
     ensemble: int = ENSEMBLE_SIZE,
     probe_test_metrics: dict[str, Any] | None = None,
-    echo: Callable[[str], None] = print,
 ) -> SearchOutcome:
     """Search heads on ``prepared``'s cached features, refit the best, score it and the probe on test.
 
@@ -174,12 +177,12 @@ def search_heads(
         prepared, trials=trials, storage=storage, study_name=study_name, seed=seed, maps=maps
     )
     started = time.perf_counter()
-    with local_workers(jobs - 1, study_name, storage, data, seed=seed, maps=maps, timeout=timeout, echo=echo):
-        run_queued_trials(study, backend, data, seed=seed, maps=maps, timeout=timeout, echo=echo)
+    with local_workers(jobs - 1, study_name, storage, data, seed=seed, maps=maps, timeout=timeout):
+        run_queued_trials(study, backend, data, seed=seed, maps=maps, timeout=timeout)
     search_seconds = time.perf_counter() - started
     running = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)))
     if running:
-        echo(
+        log.info(
             f"{running} trial(s) still RUNNING: on another worker, or left by a stopped one (re-queued "
             f"{STALE_AFTER_SECONDS} s after its last heartbeat); rerun the same command later to include them"
         )
@@ -228,7 +231,7 @@ def search_heads(
         "probe_test_metrics": probe_test_metrics,
     }
     record["explanation"] = _explain(record)
-    path = run_dir / "search.json"
+    path = run_dir / layout.SEARCH
     write_json(path, record)
     return SearchOutcome(
         study_name,
@@ -288,12 +291,12 @@ def fraction_curve(
     return {"metric": data.metric, "rows": rows}
 
 
-def run_worker(study_name: str, storage: str, *, echo: Callable[[str], None] = print) -> int:
+def run_worker(study_name: str, storage: str) -> int:
     """Join an existing study: rebuild the data from the feature cache and drain its queue; returns trials run."""
     study, backend = load_search_study(study_name, storage)
     config, cache_dir = worker_config(study)
-    prepared = prepare(config, cache_dir=cache_dir, progress=False, echo=echo)
+    prepared = prepare(config, cache_dir=cache_dir, progress=False)
     maps = bool(study.user_attrs.get("maps"))
     data = load_head_data(prepared, maps)
     seed = int(study.user_attrs["seed"])
-    return run_queued_trials(study, backend, data, seed=seed, maps=maps, echo=echo)
+    return run_queued_trials(study, backend, data, seed=seed, maps=maps)

@@ -6,17 +6,20 @@ directory and returns the outcome, so the pipeline stays a straight line.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from transferlab.fileio import write_json
 from transferlab.probe.linear import ProbeResult
+from transferlab.record import layout
 from transferlab.search.runner import SearchOutcome, fraction_curve, search_heads
 
 if TYPE_CHECKING:
     from transferlab.config import RunConfig
     from transferlab.prepare import PreparedData
+
+log = logging.getLogger(__name__)
 
 
 def search_stage(
@@ -24,7 +27,6 @@ def search_stage(
     run_path: Path,
     config: RunConfig,
     probe: ProbeResult | None,
-    echo: Callable[[str], None],
     **study: Any,
 ) -> tuple[SearchOutcome, dict[str, Any] | None]:
     """Optuna head search on cached features; with ``config.fractions`` also the learning curve of the winner.
@@ -41,12 +43,11 @@ def search_stage(
         ensemble=config.search_ensemble,
         seed=config.seed,
         probe_test_metrics=None if probe is None else probe.metrics.get("test", {}),
-        echo=echo,
         **study,
     )
-    echo(outcome.summary())
+    log.info(outcome.summary())
     curve = None
     if config.fractions:
         curve = fraction_curve(prepared, outcome.best_params, config.fractions, config.seed)
-        write_json(run_path / "fractions.json", curve)
+        write_json(run_path / layout.FRACTIONS, curve)
     return outcome, curve

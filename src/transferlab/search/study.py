@@ -10,6 +10,7 @@ is stored in the study's user attributes.
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 import sqlite3
 import threading
@@ -34,6 +35,8 @@ from transferlab.search.train import train_head
 if TYPE_CHECKING:
     from transferlab.config import RunConfig
     from transferlab.prepare import PreparedData
+
+log = logging.getLogger(__name__)
 
 DIRECTION = "minimize"  # validation loss; see train_head for why not accuracy
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
@@ -271,7 +274,6 @@ def run_queued_trials(
     seed: int,
     maps: bool,
     timeout: float | None = None,
-    echo: Callable[[str], None] = print,
 ) -> int:
     """Drain the study's queue (shared with other workers); returns how many trials this process ran."""
     study_id = storage.get_study_id_from_name(study.study_name)
@@ -298,7 +300,7 @@ def run_queued_trials(
         ran += 1
         frozen = storage.get_trial(trial_id)
         value_text = "-" if frozen.value is None else f"{frozen.value:.4f}"
-        echo(
+        log.info(
             f"trial {frozen.number:>3} {frozen.state.name:<8} {value_text}  {frozen.user_attrs.get('seconds', 0):.2f}s"
         )
     return ran

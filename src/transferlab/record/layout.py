@@ -1,0 +1,32 @@
+"""Every file name of a run directory, in one place: the contract between the stages that write a run and the
+report, advice, ``runs``/``compare``/``rerun``, ``export`` and ``predict`` that read it.
+
+Writers and readers use these names (never string literals), so renaming or adding a file is one edit here.
+"""
+
+CONFIG = "config.json"  # RunConfig.to_dict(): enough to repeat the run
+ENVIRONMENT = "environment.json"  # Python, platform, package versions
+PROCESS = "process.json"  # command line, working directory, peak memory
+RECORD = "record.json"  # task, classes, split counts and digest, backbone identity, probe
+METRICS = "metrics.json"  # the probe's metrics per split
+TIMINGS = "timings.json"
+SPLIT = "split.csv"  # path, sha256, split per image
+PROBLEMS = "problems.txt"  # skipped inputs, one per line, with the reason
+PREDICTIONS = "predictions.csv"  # the final model's validation and test predictions
+PROBE_WEIGHTS = "probe.safetensors"
+PROBE_META = "probe.json"
+RANKING = "ranking.json"
+SEARCH = "search.json"
+STUDY = "study.db"  # the default (SQLite) Optuna storage of the head search
+FRACTIONS = "fractions.json"
+FINETUNE = "finetune.json"
+FINETUNE_SEARCH = "finetune_search.json"
+FINETUNE_CHECKPOINT = "finetune_checkpoint.safetensors"
+FINETUNED_WEIGHTS = "finetuned.safetensors"
+FINETUNED_META = "finetuned.json"
+FOLDS = "folds.json"
+LR_FIND = "lr_find.json"
+LR_FIND_PLOT = "lr_find.png"
+AUGMENTATION_PREVIEW = "augmentation_preview.png"
+ADVICE = "advice.json"
+REPORT = "report.html"
