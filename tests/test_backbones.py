@@ -11,10 +11,9 @@ from skimage import data as skdata
 
 from transferlab.backbones import DEFAULT_BACKBONE, load_backbone
 from transferlab.backbones.efficientnet_pytorch import to_timm
-from transferlab.backbones.model import HEAD
+from transferlab.backbones.model import HEAD, read_weights
 from transferlab.backbones.registry import available_backbones, packaged_weights, resolve_weights
 from transferlab.errors import TransferlabError
-from transferlab.model.network import read_weights
 
 CAT_CLASSES = {281, 282, 283, 284, 285}  # tabby, tiger cat, Persian, Siamese, Egyptian cat
 ESPRESSO = 967

@@ -80,7 +80,7 @@ def calibrated_weights(tmp_path_factory: pytest.TempPathFactory, data: Path) -> 
 
 def _prepare(source: Path, weights: Path, cache: Path):
     config = RunConfig(data=str(source), backbone=TINY_BACKBONE, weights=str(weights), image_size=TINY_SIZE, workers=0)
-    return prepare(config, cache_dir=cache, progress=False, echo=lambda _: None)
+    return prepare(config, cache_dir=cache, progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -312,7 +312,7 @@ def test_cli_finetune_and_its_errors(data: Path, calibrated_weights: Path, tmp_p
 @pytest.mark.slow
 def test_lite0_finetune_on_demo_photos_matches_or_beats_its_head_stage(tmp_path: Path) -> None:
     config = RunConfig(data=str(DEMO), image_size=96, subset=0.2, workers=0)
-    prepared = prepare(config, cache_dir=tmp_path / "cache", progress=False, echo=lambda _: None)
+    prepared = prepare(config, cache_dir=tmp_path / "cache", progress=False)
     options = FinetuneOptions(unfreeze="top:2", head_epochs=1, epochs=2, batch_size=32, augment="basic")
     outcome = finetune(prepared, tmp_path / "run", options, echo=lambda _: None)
     head, top = outcome.stages
@@ -338,7 +338,7 @@ def test_cut_at_a_stage_trains_units_below_it_and_reloads(data: Path, calibrated
         data=str(data), backbone=TINY_BACKBONE, weights=str(calibrated_weights), image_size=TINY_SIZE, workers=0,
         cut_point="blocks.3",
     )  # fmt: skip
-    prepared = prepare(config, cache_dir=tmp_path / "cache", progress=False, echo=lambda _: None)
+    prepared = prepare(config, cache_dir=tmp_path / "cache", progress=False)
     outcome = _run(prepared, tmp_path / "run", unfreeze="top:2")
     assert outcome.stages[-1]["trainable_blocks"] == ["blocks.3.0", "blocks.2.0"]
     assert outcome.stages[-1]["frozen_blocks"] == ["conv_stem+bn1", "blocks.0.0", "blocks.1.0"]

@@ -37,7 +37,7 @@ def prepared(class_folder: Path, tiny_weights: Path, tmp_path: Path):
     config = RunConfig(
         data=str(class_folder), backbone=TINY_BACKBONE, weights=str(tiny_weights), image_size=TINY_SIZE, workers=0
     )
-    return prepare(config, cache_dir=tmp_path / "cache", progress=False, echo=lambda _: None)
+    return prepare(config, cache_dir=tmp_path / "cache", progress=False)
 
 
 def _tiny_net(n_outputs: int = 3):
@@ -208,7 +208,7 @@ def test_fold_splits_partition_the_data_stratified_and_keep_duplicates_together(
     duplicate = class_folder / "red" / "red_copy.png"
     duplicate.write_bytes((class_folder / "red" / "red_000.png").read_bytes())
     config = RunConfig(data=str(class_folder), backbone=TINY_BACKBONE, weights=str(tiny_weights), image_size=TINY_SIZE)
-    prepared = prepare(config, cache_dir=tmp_path / "cache", progress=False, echo=lambda _: None)
+    prepared = prepare(config, cache_dir=tmp_path / "cache", progress=False)
     splits = fold_splits(prepared, 3, seed=0)
     tests = np.stack([split.assignment == "test" for split in splits])
     assert (tests.sum(axis=0) == 1).all()  # every image is tested exactly once
@@ -304,7 +304,17 @@ def test_torchrun_two_cpu_processes_one_writer(class_folder: Path, tiny_weights:
     runs = list((tmp_path / "runs").iterdir())
     assert [run.name for run in runs] == ["ddp"]
     files = sorted(path.name for path in runs[0].iterdir())
-    assert files == ["augmentation_preview.png", "finetune.json", "finetuned.json", "finetuned.safetensors"]
+    assert files == [
+        "augmentation_preview.png",
+        "config.json",
+        "environment.json",
+        "finetune.json",
+        "finetuned.json",
+        "finetuned.safetensors",
+        "problems.txt",
+        "record.json",
+        "split.csv",
+    ]  # one writer: every file once, from rank 0
     record = read_json(runs[0] / "finetune.json")
     assert [stage["world_size"] for stage in record["stages"]] == [2, 2]  # both ranks joined every stage
     for stage in record["stages"]:

@@ -26,7 +26,7 @@ def prepared(class_folder: Path, tiny_weights: Path, tmp_path: Path):
     config = RunConfig(
         data=str(class_folder), backbone=TINY_BACKBONE, weights=str(tiny_weights), image_size=TINY_SIZE, workers=0
     )
-    return prepare(config, cache_dir=tmp_path / "cache", progress=False, echo=lambda _: None)
+    return prepare(config, cache_dir=tmp_path / "cache", progress=False)
 
 
 def _mean_step(before: dict[str, torch.Tensor], after: dict[str, torch.Tensor], modules: tuple[str, ...]) -> float:

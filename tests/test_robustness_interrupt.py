@@ -180,7 +180,7 @@ def test_three_sqlite_workers_on_one_study_run_every_trial_exactly_once(tiny_wei
     trials, url = 6, f"sqlite:///{tmp_path / 'study.db'}"
     data = make_class_folder(tmp_path / "data", per_class=12, size=16)
     config = RunConfig(str(data), "test_efficientnet", str(tiny_weights), image_size=SIZE, workers=0)
-    prepared = prepare(config, cache_dir=tmp_path / "cache", progress=False, echo=lambda _: None)
+    prepared = prepare(config, cache_dir=tmp_path / "cache", progress=False)
     create_search_study(prepared, trials=trials, storage=url, study_name="shared", seed=0)
     command = [sys.executable, "-m", "transferlab.cli", "worker", "--study", "shared", "--storage", url]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

@@ -1,6 +1,6 @@
 """A pretrained timm network with its top removed that returns pooled features at every cut point at once.
 
-One ``forward_intermediates`` pass yields all of them (``transferlab.model.cut``), so choosing where to cut the
+One ``forward_intermediates`` pass yields all of them (``transferlab.backbones.cut``), so choosing where to cut the
 network later costs no extra forward pass.
 """
 
@@ -10,15 +10,49 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import timm
 import torch
+from safetensors.torch import load_file
 from timm.data import create_transform, resolve_model_data_config
 from torch import nn
 
 from transferlab.backbones import efficientnet_pytorch
+from transferlab.backbones.cut import HEAD, pool, stage_names
 from transferlab.backbones.registry import WeightsSource, resolve_weights
 from transferlab.errors import TransferlabError
-from transferlab.model.cut import HEAD, pool, stage_names
-from transferlab.model.network import create_network, read_weights
+
+
+def read_weights(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of ``path``: a safetensors file, or a plain (possibly wrapped) torch state dict."""
+    if not path.is_file():
+        raise TransferlabError(f"{path}: weights file not found")
+    if path.suffix == ".safetensors":
+        try:
+            return load_file(str(path))
+        except Exception as error:  # safetensors raises its own error type for a bad header or truncated data
+            raise TransferlabError(f"{path}: not a valid safetensors file ({str(error)[:200]})") from None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise TransferlabError(
+            f"{path}: refused to load: not a plain tensor checkpoint ({type(error).__name__}: {str(error)[:200]})"
+        ) from None
+    for wrapper in ("state_dict", "model", "model_state_dict"):
+        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
+            state = state[wrapper]
+    if not isinstance(state, dict):
+        raise TransferlabError(f"{path}: expected a state dict of tensors, found {type(state).__name__}")
+    return {key.removeprefix("module."): value for key, value in state.items()}
+
+
+def create_network(name: str, *, keep_classifier: bool = False) -> nn.Module:
+    """The timm architecture ``name`` without weights and, unless ``keep_classifier``, without its classifier."""
+    network = timm.create_model(name, pretrained=False)
+    if not hasattr(network, "forward_intermediates"):
+        raise TransferlabError(f"{name}: this timm model does not support forward_intermediates (multi-depth features)")
+    if not keep_classifier:
+        network.reset_classifier(0)
+    return network
 
 
 def _apply_weights(model: nn.Module, name: str, source: WeightsSource, keep_classifier: bool) -> None:
@@ -60,7 +94,7 @@ class Backbone:
         }
 
     def features(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Pooled features (``transferlab.model.cut.pool``) at every cut point, from one forward pass."""
+        """Pooled features (``transferlab.backbones.cut.pool``) at every cut point, from one forward pass."""
         final, intermediates = self.model.forward_intermediates(images)
         pairs = enumerate(zip(self.cut_points, intermediates, strict=True))
         return {name: pool(self.model, maps, i) for i, (name, maps) in pairs} | {HEAD: pool(self.model, final, None)}

@@ -15,10 +15,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from transferlab.backbones.cut import cut_maps, stage_index
 from transferlab.backbones.model import Backbone
 from transferlab.features.cache import FeatureCache
 from transferlab.features.extract import Precision
-from transferlab.model.cut import cut_maps, stage_index
 
 MAP_SIZE = 7
 MAP = "map"

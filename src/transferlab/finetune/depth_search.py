@@ -19,12 +19,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import optuna
 
+from transferlab.backbones.cut import cut_network
 from transferlab.data import stratified_subset
 from transferlab.data.split import Split
 from transferlab.fileio import write_json
 from transferlab.finetune.blocks import freeze_units
 from transferlab.finetune.run import FinetuneOptions, finetune
-from transferlab.model.cut import cut_network
 
 if TYPE_CHECKING:
     from transferlab.prepare import PreparedData

@@ -14,11 +14,13 @@ from typing import Any
 import torch
 from timm.data import create_transform
 
+from transferlab.backbones import load_backbone
+from transferlab.backbones.cut import cut_network
+from transferlab.backbones.model import create_network, read_weights
 from transferlab.errors import TransferlabError
 from transferlab.fileio import read_json
 from transferlab.heads import HeadSpec
-from transferlab.model.cut import cut_network
-from transferlab.model.network import CPU, CutModel, build_model, create_network, load_saved_state, read_weights
+from transferlab.model.network import CPU, CutModel, build_model, load_saved_state
 from transferlab.model.probe_head import ProbeHead
 
 PREPROCESSING_KEYS = ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode")
@@ -61,8 +63,6 @@ def _preprocessing(data_config: dict[str, Any]) -> dict[str, Any]:
 
 
 def _load_probe(run: Path) -> tuple[CutModel, dict[str, Any], dict[str, Any]]:
-    from transferlab.backbones import load_backbone  # deferred: transferlab.backbones builds on transferlab.model
-
     saved = _read(run / "probe.json")
     config = _read(run / "config.json")
     record = _read(run / "record.json")

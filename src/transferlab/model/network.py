@@ -1,56 +1,18 @@
 """The network fine-tuning trains and runs deploy: a timm backbone cut at a cut point, then a head.
 
-One builder (:func:`build_model`) for both, one saved form (keys ``backbone.<timm key>``, ``head.<key>``) and one
-reader of weight files (:func:`read_weights`: safetensors or ``torch.load(weights_only=True)``, never code).
+One builder (:func:`build_model`) for both, and one saved form (keys ``backbone.<timm key>``, ``head.<key>``).
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import timm
 import torch
-from safetensors.torch import load_file
 from torch import nn
 
+from transferlab.backbones.cut import cut_maps, cut_network, pool
 from transferlab.errors import TransferlabError
 from transferlab.heads import HeadSpec, build_head
-from transferlab.model.cut import cut_maps, cut_network, pool
 
 CPU = torch.device("cpu")
-
-
-def read_weights(path: Path) -> dict[str, torch.Tensor]:
-    """The tensors of ``path``: a safetensors file, or a plain (possibly wrapped) torch state dict."""
-    if not path.is_file():
-        raise TransferlabError(f"{path}: weights file not found")
-    if path.suffix == ".safetensors":
-        try:
-            return load_file(str(path))
-        except Exception as error:  # safetensors raises its own error type for a bad header or truncated data
-            raise TransferlabError(f"{path}: not a valid safetensors file ({str(error)[:200]})") from None
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise TransferlabError(
-            f"{path}: refused to load: not a plain tensor checkpoint ({type(error).__name__}: {str(error)[:200]})"
-        ) from None
-    for wrapper in ("state_dict", "model", "model_state_dict"):
-        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
-            state = state[wrapper]
-    if not isinstance(state, dict):
-        raise TransferlabError(f"{path}: expected a state dict of tensors, found {type(state).__name__}")
-    return {key.removeprefix("module."): value for key, value in state.items()}
-
-
-def create_network(name: str, *, keep_classifier: bool = False) -> nn.Module:
-    """The timm architecture ``name`` without weights and, unless ``keep_classifier``, without its classifier."""
-    network = timm.create_model(name, pretrained=False)
-    if not hasattr(network, "forward_intermediates"):
-        raise TransferlabError(f"{name}: this timm model does not support forward_intermediates (multi-depth features)")
-    if not keep_classifier:
-        network.reset_classifier(0)
-    return network
 
 
 class CutModel(nn.Module):
