@@ -15,7 +15,19 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "transferlab"
 
 # Units every stage builds on: they must never import a stage, the orchestrator or the commands above them.
-FOUNDATION = ("errors", "fileio", "data", "heads", "backbones", "model", "features", "config", "prepare", "record")
+FOUNDATION = (
+    "errors",
+    "fileio",
+    "data",
+    "metrics",
+    "heads",
+    "backbones",
+    "model",
+    "features",
+    "config",
+    "prepare",
+    "record",
+)
 ABOVE_FOUNDATION = ("probe", "rank", "search", "finetune", "advice", "report", "pipeline", "history", "api", "commands")
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from transferlab.metrics import classification_metrics, tune_thresholds
 from transferlab.probe import fit_probe
-from transferlab.probe.metrics import classification_metrics, tune_thresholds
 
 
 def _blobs(n: int, classes: int, dim: int, separation: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -18,7 +18,7 @@ from transferlab.errors import TransferlabError
 from transferlab.features import FeatureCache
 from transferlab.features.extract import ExtractionReport
 from transferlab.fileio import write_json
-from transferlab.probe.metrics import classification_metrics, headline
+from transferlab.metrics import classification_metrics, headline
 from transferlab.rank.cost import COST_FILE, backbone_cost, count_gflops
 from transferlab.rank.logme import logme_score
 from transferlab.rank.ranking import RankRow, choose, rank, write_ranking

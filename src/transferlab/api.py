@@ -21,8 +21,8 @@ from transferlab.backbones.model import HEAD
 from transferlab.config import RunConfig
 from transferlab.data import load_dataset
 from transferlab.errors import TransferlabError
+from transferlab.metrics import classification_metrics, headline
 from transferlab.predict import Predictions, Predictor, collect_inputs, load_predictor, predict_paths
-from transferlab.probe.metrics import classification_metrics, headline
 from transferlab.record import layout
 
 Paths = str | Path | Sequence[str | Path]

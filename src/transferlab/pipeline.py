@@ -16,10 +16,10 @@ from transferlab.advice import Advice, advise
 from transferlab.config import RunConfig
 from transferlab.data import Problem
 from transferlab.finetune.stage import finetune_options, finetune_stage
+from transferlab.metrics import headline
 from transferlab.prepare import PreparedData, prepare
 from transferlab.probe import fit_probe
 from transferlab.probe.linear import ProbeResult
-from transferlab.probe.metrics import headline
 from transferlab.record import RunDir, layout
 from transferlab.record.predictions import prediction_rows, write_predictions
 from transferlab.record.rundir import default_run_name, process_facts

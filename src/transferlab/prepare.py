@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from transferlab.backbones import load_backbone
+from transferlab.backbones.cut import stage_index
 from transferlab.backbones.model import Backbone
 from transferlab.config import RunConfig
 from transferlab.data import ImageDataset, Problem, load_dataset, make_split, stratified_subset
@@ -169,10 +170,7 @@ def prepare(
     backbone = load_backbone(
         config.backbone, config.weights, allow_download=config.allow_download, image_size=config.image_size
     )
-    if config.cut_point not in backbone.cut_dims:
-        raise TransferlabError(
-            f"unknown cut point '{config.cut_point}' for {backbone.name}: {', '.join(backbone.cut_dims)}"
-        )
+    stage_index(backbone.model, config.cut_point)  # an unknown cut point fails here, before any extraction
     if config.subset:
         dataset = dataset.subset(stratified_subset(dataset.y, config.subset, config.seed))
     problems = list(dataset.problems)

@@ -10,6 +10,7 @@ import math
 from collections import Counter, defaultdict
 from typing import Any
 
+from transferlab.metrics import HEADLINE_KEYS
 from transferlab.record.runfiles import RunFiles
 
 Facts = dict[str, Any]
@@ -62,7 +63,7 @@ def _curve_facts(run: RunFiles) -> Facts:
 def _probe_gap(run: RunFiles) -> Facts:
     """Without a trained head, the probe's own train-vs-val scores show over- or under-fitting."""
     train, val = run.metrics.get("train") or {}, run.metrics.get("val") or {}
-    for key in ("accuracy", "mAP"):
+    for key in HEADLINE_KEYS:
         if train.get(key) is not None and val.get(key) is not None:
             return {
                 "curve_source": "linear probe",
@@ -133,7 +134,7 @@ def _head_facts(run: RunFiles) -> Facts:
     if best.get("spec") is not None:
         facts["flatten_head"] = "flatten" in str(best["spec"]).lower()
     head_test, probe_test = (run.search or {}).get("test_metrics") or {}, (run.search or {}).get("probe_test_metrics")
-    for key in ("accuracy", "mAP"):
+    for key in HEADLINE_KEYS:
         if head_test.get(key) is not None and (probe_test or {}).get(key) is not None:
             facts.update(test_metric_name=key, head_test_metric=head_test[key], probe_test_metric=probe_test[key])
             break

@@ -34,7 +34,7 @@ from transferlab.finetune.checkpoint import (
 )
 from transferlab.finetune.distributed import Distributed
 from transferlab.finetune.network import FinetuneNet
-from transferlab.probe.metrics import classification_metrics, headline
+from transferlab.metrics import classification_metrics, headline
 
 SANITY_FACTOR = 1.5
 RESTART_LR_FACTOR = 0.1

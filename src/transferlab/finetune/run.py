@@ -33,10 +33,10 @@ from transferlab.finetune.distributed import Distributed, from_environment
 from transferlab.finetune.engine import StagePlan, Trainer, TrainSettings
 from transferlab.finetune.network import FinetuneNet, build_network, init_from_probe, is_linear_head
 from transferlab.heads import Head, HeadSpec
+from transferlab.metrics import classification_metrics, headline, tune_thresholds
 from transferlab.model.network import saved_state
 from transferlab.probe import fit_probe
 from transferlab.probe.linear import ProbeResult
-from transferlab.probe.metrics import classification_metrics, headline, tune_thresholds
 
 if TYPE_CHECKING:
     from transferlab.prepare import PreparedData

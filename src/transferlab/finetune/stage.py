@@ -15,8 +15,8 @@ import numpy as np
 
 from transferlab.finetune.run import FinetuneOptions, finetune
 from transferlab.heads import HeadSpec
+from transferlab.metrics import headline
 from transferlab.probe.linear import ProbeResult
-from transferlab.probe.metrics import headline
 from transferlab.record.predictions import prediction_rows
 
 if TYPE_CHECKING:

@@ -27,7 +27,7 @@ from transferlab.errors import TransferlabError
 from transferlab.fileio import read_json, write_json
 from transferlab.finetune.distributed import Distributed, from_environment
 from transferlab.finetune.run import FinetuneOptions, FinetuneOutcome, finetune
-from transferlab.probe.metrics import headline
+from transferlab.metrics import headline
 
 if TYPE_CHECKING:
     from transferlab.prepare import PreparedData

@@ -11,6 +11,7 @@ from torch import nn
 from transferlab.backbones.cut import cut_maps, cut_network, pool
 from transferlab.errors import TransferlabError
 from transferlab.heads import HeadSpec, build_head
+from transferlab.metrics import probabilities
 
 CPU = torch.device("cpu")
 
@@ -37,11 +38,7 @@ class CutModel(nn.Module):
         if self.pooled:
             features = pool(self.body, features, self.stage_index)
         scores = self.head(features)
-        if self.output == "softmax":
-            return torch.softmax(scores, dim=1)
-        if self.output == "sigmoid":
-            return torch.sigmoid(scores)
-        return scores
+        return scores if self.output is None else probabilities(scores, multilabel=self.output == "sigmoid")
 
 
 def build_model(network: nn.Module, cut_point: str, spec: HeadSpec, n_outputs: int, shape: tuple[int, ...]) -> CutModel:

@@ -20,7 +20,7 @@ from sklearn.multiclass import OneVsRestClassifier
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from transferlab.probe.metrics import classification_metrics, tune_thresholds
+from transferlab.metrics import classification_metrics, tune_thresholds
 
 C_GRID = np.logspace(-3, 1, 5)
 

@@ -25,6 +25,7 @@ from transferlab.backbones.model import HEAD
 from transferlab.backbones.registry import check_model_name, resolve_weights
 from transferlab.config import RunConfig
 from transferlab.errors import TransferlabError
+from transferlab.metrics import headline_name
 from transferlab.prepare import PreparedData, prepare
 from transferlab.rank.cost import backbone_cost
 from transferlab.rank.logme import logme_score
@@ -245,7 +246,7 @@ def rank(
         rows += score_backbone(prepared)
     if first is None:
         raise TransferlabError(f"no backbone could be ranked: none of {', '.join(names)} has local weights")
-    metric = "mAP" if first.dataset.multilabel else "accuracy"
+    metric = headline_name(first.dataset.multilabel)
     available = sorted((r for r in rows if r.available), key=lambda r: (-r.probe_cv_accuracy, *_preference(r)))
     ranked = available + [r for r in rows if not r.available]
     n_train_val = len(first.split.indices("train")) + len(first.split.indices("val"))

@@ -3,7 +3,7 @@
 Both are computed on train+val with the *same* seeded folds for every (backbone, cut point), so differences between
 candidates are not differences between fold draws; the test split stays untouched for the final, honest number.
 The metric is accuracy for single-label data and mAP (mean average precision over labels) for multi-label data,
-matching :func:`transferlab.probe.metrics.headline`.
+matching :func:`transferlab.metrics.headline`.
 """
 
 from __future__ import annotations
@@ -164,7 +164,7 @@ def _summary(values: list[float]) -> CVScore:
 def fold_metric(y_true: np.ndarray, scores: np.ndarray) -> float | None:
     """Accuracy, or mAP over the labels with both positives and negatives (None if none has both).
 
-    The same definitions as :func:`transferlab.probe.metrics.classification_metrics`, without its per-class tables
+    The same definitions as :func:`transferlab.metrics.classification_metrics`, without its per-class tables
     and input validation, which cost more than the fits here (this runs folds x settings x cut points times).
     """
     if y_true.ndim == 1:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from transferlab.errors import TransferlabError
+from transferlab.metrics import HEADLINE_KEYS
 from transferlab.record import layout
 from transferlab.record.predictions import LABEL_JOIN
 
@@ -87,7 +88,7 @@ class RunFiles:
     def headline(self) -> tuple[str, float] | None:
         """(metric name, value) of the final model on the test split: accuracy, or mAP for multi-label."""
         test = self.final_metrics()[1].get("test") or {}
-        for key in ("accuracy", "mAP"):
+        for key in HEADLINE_KEYS:
             if test.get(key) is not None:
                 return key, float(test[key])
         return None

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from transferlab.heads import Head, HeadSpec
+from transferlab.metrics import headline_name
 from transferlab.model.probe_head import fold_standardization
 
 if TYPE_CHECKING:
@@ -75,7 +76,7 @@ class HeadData:
 
     @property
     def metric(self) -> str:
-        return "mAP" if self.multilabel else "accuracy"
+        return headline_name(self.multilabel)
 
     def inputs(self, spec: HeadSpec) -> dict[str, torch.Tensor]:
         """What ``spec``'s head consumes: pooled vectors when they suffice, otherwise the cached maps."""

@@ -14,10 +14,9 @@ from typing import Any
 
 import numpy as np
 import optuna
-import torch
 
 from transferlab.heads import Head
-from transferlab.probe.metrics import classification_metrics, tune_thresholds
+from transferlab.metrics import classification_metrics, probabilities, tune_thresholds
 from transferlab.search.data import HeadData
 from transferlab.search.space import decode
 from transferlab.search.train import predict_logits, train_head
@@ -33,8 +32,8 @@ def top_trials(study: optuna.Study, size: int) -> list[optuna.trial.FrozenTrial]
 
 def head_scores(head: Head, data: HeadData) -> dict[str, np.ndarray]:
     """Class probabilities (softmax) or per-label scores (sigmoid) of one head on every non-empty split."""
-    activate = torch.sigmoid if data.multilabel else (lambda t: torch.softmax(t, dim=1))
-    return {s: activate(predict_logits(head, x)).numpy() for s, x in data.inputs(head.spec).items() if len(x)}
+    inputs = data.inputs(head.spec).items()
+    return {s: probabilities(predict_logits(head, x), data.multilabel).numpy() for s, x in inputs if len(x)}
 
 
 def split_metrics(scores: dict[str, np.ndarray], data: HeadData) -> dict[str, dict[str, Any]]:

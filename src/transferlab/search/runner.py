@@ -15,6 +15,7 @@ from transferlab.data import stratified_subset
 from transferlab.errors import TransferlabError
 from transferlab.fileio import write_json
 from transferlab.heads import Head, HeadSpec, cost_warning, head_cost
+from transferlab.metrics import headline
 from transferlab.prepare import PreparedData, prepare
 from transferlab.probe import fit_probe
 from transferlab.record import layout
@@ -60,7 +61,7 @@ class SearchOutcome:
     head: Head | None = None
 
     def summary(self) -> str:
-        metric = "mAP" if "mAP" in self.test_metrics else "accuracy"
+        metric = headline(self.test_metrics)[0]
         size = len(self.record["ensemble"]["trials"])
         final = f"top-{size} heads averaged {self.test_metrics[metric]:.4f}  " if size > 1 else ""
         return (

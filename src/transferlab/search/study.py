@@ -28,6 +28,7 @@ from optuna.trial import FrozenTrial, TrialState, create_trial
 from sqlalchemy.engine import make_url
 
 from transferlab.errors import TransferlabError
+from transferlab.metrics import headline_name
 from transferlab.search.data import HeadData
 from transferlab.search.space import suggest
 from transferlab.search.train import train_head
@@ -173,7 +174,7 @@ def create_search_study(
         "cache_dir": str(prepared.cache.directory.parent.parent),
         "seed": seed,
         "maps": maps,
-        "metric": "mAP" if prepared.dataset.multilabel else "accuracy",
+        "metric": headline_name(prepared.dataset.multilabel),
     }
     existing = study.user_attrs
     same_data = _trained_on(existing.get("config", attrs["config"])) == _trained_on(attrs["config"])

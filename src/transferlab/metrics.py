@@ -68,7 +68,22 @@ def classification_metrics(
     }
 
 
+HEADLINE_KEYS = ("accuracy", "mAP")  # the headline metric of a single-label and of a multi-label task
+
+
+def headline_name(multilabel: bool) -> str:
+    """The one number runs are compared by: accuracy (single-label) or mAP (multi-label)."""
+    return HEADLINE_KEYS[multilabel]
+
+
 def headline(metrics: dict[str, Any]) -> tuple[str, float]:
-    """The one number to compare runs by: accuracy (single-label) or mAP (multi-label)."""
-    key = "accuracy" if "accuracy" in metrics else "mAP"
+    """(name, value) of the headline metric in a metrics dict of :func:`classification_metrics`."""
+    key = headline_name("accuracy" not in metrics)
     return key, metrics[key]
+
+
+def probabilities(logits: Any, multilabel: bool) -> Any:
+    """Logits → probabilities, written once: one sigmoid per label (multi-label), else a softmax over classes."""
+    import torch
+
+    return torch.sigmoid(logits) if multilabel else torch.softmax(logits, dim=1)
