@@ -68,29 +68,10 @@ class ImageClassifier(BaseEstimator):
         cache_dir: str | Path | None = None,
         progress: bool = False,
     ) -> None:
-        self.backbone = backbone
-        self.cut_point = cut_point
-        self.seed = seed
-        self.weights = weights
-        self.image_size = image_size
-        self.subset = subset
-        self.val_fraction = val_fraction
-        self.test_fraction = test_fraction
-        self.label_sep = label_sep
-        self.batch_size = batch_size
-        self.workers = workers
-        self.allow_download = allow_download
-        self.backbones = backbones
-        self.trials = trials
-        self.search_timeout = search_timeout
-        self.search_jobs = search_jobs
-        self.search_ensemble = search_ensemble
-        self.fractions = fractions
-        self.finetune = finetune
-        self.runs_dir = runs_dir
-        self.name = name
-        self.cache_dir = cache_dir
-        self.progress = progress
+        # scikit-learn's contract: every parameter stored unchanged under its own name (validated in run_config)
+        for name, value in locals().items():
+            if name != "self":
+                setattr(self, name, value)
 
     def __repr__(self, N_CHAR_MAX: int = 700) -> str:
         state = f"run_dir={str(self.run_dir_)!r}" if getattr(self, "run_dir_", None) else "not fitted"
