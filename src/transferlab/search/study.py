@@ -18,7 +18,6 @@ import time
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +28,7 @@ from sqlalchemy.engine import make_url
 
 from transferlab.errors import TransferlabError
 from transferlab.metrics import headline_name
+from transferlab.record import layout
 from transferlab.search.data import HeadData
 from transferlab.search.space import suggest
 from transferlab.search.train import train_head
@@ -65,7 +65,7 @@ def _trained_on(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def default_storage(run_dir: Path) -> str:
-    return f"sqlite:///{Path(run_dir).resolve() / 'study.db'}"
+    return f"sqlite:///{Path(run_dir).resolve() / layout.STUDY}"
 
 
 def default_study_name(config: RunConfig) -> str:
@@ -163,14 +163,12 @@ def create_search_study(
     maps: bool = False,
 ) -> tuple[optuna.Study, optuna.storages.RDBStorage]:
     """Create (or load) the study and queue trials until it holds ``trials`` in total (rerun = resume)."""
-    if trials < 0:
-        raise TransferlabError(f"--trials must be >= 0, got {trials}")
     backend = open_storage(storage)
     study = optuna.create_study(
         storage=backend, study_name=study_name, direction=DIRECTION, load_if_exists=True, pruner=_pruner()
     )
     attrs = {
-        "config": asdict(prepared.config),
+        "config": prepared.config.to_dict(),
         "cache_dir": str(prepared.cache.directory.parent.parent),
         "seed": seed,
         "maps": maps,
@@ -325,4 +323,4 @@ def worker_config(study: optuna.Study) -> tuple[RunConfig, str]:
     """The RunConfig and cache directory stored by the study's creator."""
     from transferlab.config import RunConfig
 
-    return RunConfig(**study.user_attrs["config"]), study.user_attrs["cache_dir"]
+    return RunConfig.from_dict(study.user_attrs["config"]), study.user_attrs["cache_dir"]
