@@ -357,7 +357,7 @@ def test_probe_warm_start_is_skipped_when_fine_tuning_at_another_resolution(prep
 
 
 def test_fine_tuning_starts_from_the_searched_head_weights(prepared, tmp_path: Path) -> None:
-    searched = search_heads(prepared, tmp_path / "search", trials=2, seed=0, echo=lambda _: None)
+    searched = search_heads(prepared, tmp_path / "search", trials=2, seed=0)
     options = FinetuneOptions(**(QUICK | {"head_spec": searched.best_spec}))
     outcome = finetune(prepared, tmp_path / "run", options, echo=lambda _: None, head_init=searched.head)
     record = json.loads((tmp_path / "run" / "finetune.json").read_text())
