@@ -30,7 +30,7 @@ DEMO = Path(__file__).resolve().parents[1] / "examples" / "fashion"
 def measure(prepared, options: FinetuneOptions, run_dir: Path) -> dict:
     """One real ``finetune()``: mean seconds per epoch, the rest of its wall time, best and last val accuracy."""
     started = time.perf_counter()
-    outcome = finetune(prepared, run_dir, options, echo=lambda _: None)
+    outcome = finetune(prepared, run_dir, options)
     wall = time.perf_counter() - started
     stage = outcome.stages[-1]
     epochs = [entry["seconds"] for entry in stage["history"]]

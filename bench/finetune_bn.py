@@ -52,7 +52,7 @@ def main() -> None:
         )
         for label, options in rows:
             started = time.perf_counter()
-            outcome = finetune(prepared, Path(scratch) / label.split()[-1], options, echo=lambda _: None)
+            outcome = finetune(prepared, Path(scratch) / label.split()[-1], options)
             head, *rest = outcome.stages
             first = f"{rest[0]['history'][0]['train_loss']:.3f}" if rest else "-"
             restarts = len(rest[0]["restarts"]) if rest else 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 from pathlib import Path
 
@@ -89,7 +90,7 @@ def prepared(tmp_path_factory: pytest.TempPathFactory, data: Path, calibrated_we
 
 
 def _run(prepared, run_dir: Path, **options):
-    return finetune(prepared, run_dir, FinetuneOptions(**(QUICK | options)), echo=lambda _: None)
+    return finetune(prepared, run_dir, FinetuneOptions(**(QUICK | options)))
 
 
 def test_units_follow_timm_blocks_and_unfreeze_parsing() -> None:
@@ -231,7 +232,7 @@ def test_resume_after_interruption_matches_an_uninterrupted_run(prepared, tmp_pa
             raise Interrupted
 
     with pytest.raises(Interrupted):
-        finetune(prepared, tmp_path / "resumed", FinetuneOptions(**(QUICK | options)), echo=print, on_epoch=interrupt)
+        finetune(prepared, tmp_path / "resumed", FinetuneOptions(**(QUICK | options)), on_epoch=interrupt)
     checkpoint = tmp_path / "resumed" / "finetune_checkpoint.safetensors"
     with safe_open(str(checkpoint), framework="pt") as handle:  # tensors + JSON metadata only: no pickle
         assert json.loads(handle.metadata()["transferlab"])["epoch"] == 1
@@ -314,7 +315,7 @@ def test_lite0_finetune_on_demo_photos_matches_or_beats_its_head_stage(tmp_path:
     config = RunConfig(data=str(DEMO), image_size=96, subset=0.2, workers=0)
     prepared = prepare(config, cache_dir=tmp_path / "cache", progress=False)
     options = FinetuneOptions(unfreeze="top:2", head_epochs=1, epochs=2, batch_size=32, augment="basic")
-    outcome = finetune(prepared, tmp_path / "run", options, echo=lambda _: None)
+    outcome = finetune(prepared, tmp_path / "run", options)
     head, top = outcome.stages
     assert top["best_val_metric"] >= head["best_val_metric"]
     assert not top["restarts"] and top["history"][0]["train_loss"] < 1.5 * math.log(10)
@@ -348,10 +349,13 @@ def test_cut_at_a_stage_trains_units_below_it_and_reloads(data: Path, calibrated
         np.testing.assert_allclose(loaded.module(images).numpy(), outcome.scores["val"], atol=1e-5)
 
 
-def test_probe_warm_start_is_skipped_when_fine_tuning_at_another_resolution(prepared, tmp_path: Path) -> None:
-    said: list[str] = []
+def test_probe_warm_start_is_skipped_when_fine_tuning_at_another_resolution(
+    prepared, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="transferlab")
     options = FinetuneOptions(**(QUICK | {"lp_init": True, "image_size": TINY_SIZE // 2, "unfreeze": "none"}))
-    outcome = finetune(prepared, tmp_path / "run", options, echo=said.append)
+    outcome = finetune(prepared, tmp_path / "run", options)
+    said = [record.getMessage() for record in caplog.records]
     assert not outcome.lp_init
     assert any("probe warm start skipped" in line and f"{TINY_SIZE // 2} px" in line for line in said)
 
@@ -359,7 +363,7 @@ def test_probe_warm_start_is_skipped_when_fine_tuning_at_another_resolution(prep
 def test_fine_tuning_starts_from_the_searched_head_weights(prepared, tmp_path: Path) -> None:
     searched = search_heads(prepared, tmp_path / "search", trials=2, seed=0)
     options = FinetuneOptions(**(QUICK | {"head_spec": searched.best_spec}))
-    outcome = finetune(prepared, tmp_path / "run", options, echo=lambda _: None, head_init=searched.head)
+    outcome = finetune(prepared, tmp_path / "run", options, head_init=searched.head)
     record = json.loads((tmp_path / "run" / "finetune.json").read_text())
     assert record["head_init"] == "searched head" and not record["lp_init"]
     # epoch 0 of the first stage is the searched head itself (up to bf16 vs fp32 features: one image at most)

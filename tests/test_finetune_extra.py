@@ -176,7 +176,7 @@ def test_cached_boundary_views_and_upper_training(prepared, tmp_path: Path) -> N
         settings,
         tmp_path / "ck.safetensors",
         fingerprint="x",
-        echo=lambda _: None,
+        multilabel=False,
         on_epoch=lambda *_: after_epoch.append({k: v.clone() for k, v in net.body.state_dict().items()}),
     )
     after_epoch: list[dict[str, torch.Tensor]] = []  # weights after each epoch, before restore-best
@@ -188,9 +188,7 @@ def test_cached_boundary_views_and_upper_training(prepared, tmp_path: Path) -> N
 
 
 def test_finetune_with_cache_views_writes_the_usual_record(prepared, tmp_path: Path) -> None:
-    outcome = finetune(
-        prepared, tmp_path / "run", FinetuneOptions(unfreeze="top:1", cache_views=2, **QUICK), echo=lambda _: None
-    )
+    outcome = finetune(prepared, tmp_path / "run", FinetuneOptions(unfreeze="top:1", cache_views=2, **QUICK))
     assert [stage["name"] for stage in outcome.stages] == ["head", "top:1"]
     assert set(outcome.metrics) == {"val", "test"}
     assert (tmp_path / "run" / "finetuned.safetensors").exists()
@@ -229,7 +227,7 @@ def test_finetune_folds_reports_mean_and_std(prepared, tmp_path: Path) -> None:
     from transferlab.finetune.variants import finetune_folds
 
     options = FinetuneOptions(unfreeze="none", **QUICK)
-    summary = finetune_folds(prepared, tmp_path / "run", options, 3, echo=lambda _: None)
+    summary = finetune_folds(prepared, tmp_path / "run", options, 3)
     saved = read_json(tmp_path / "run" / "folds.json")
     values = [row["test_metric"] for row in saved["folds"]]
     assert saved["k"] == 3 and len(values) == 3 and saved["metric"] == "accuracy"
@@ -244,7 +242,7 @@ def test_from_scratch_trains_every_unit_from_random_weights(prepared, tmp_path: 
 
     pretrained = prepared.backbone.model.conv_stem.weight.detach().clone()
     options = FinetuneOptions(unfreeze="top:1", seed=1, **QUICK)
-    outcome = finetune_from_scratch(prepared, tmp_path / "scratch", options, echo=lambda _: None)
+    outcome = finetune_from_scratch(prepared, tmp_path / "scratch", options)
     record = read_json(tmp_path / "scratch" / "finetune.json")
     assert record["from_scratch"] is True and record["lp_init"] is False
     (stage,) = record["stages"]

@@ -48,7 +48,7 @@ def test_layer_decay_shrinks_each_lower_units_step(prepared, tmp_path: Path) -> 
         if entry["epoch"] == 1:
             trained.update(unprefixed("body", unprefixed("model", load_checkpoint(tmp_path / "run" / CHECKPOINT)[0])))
 
-    outcome = finetune(prepared, tmp_path / "run", options, echo=lambda _: None, on_epoch=after_epoch)
+    outcome = finetune(prepared, tmp_path / "run", options, on_epoch=after_epoch)
     top, second = reversed(freeze_units(outcome.model.body)[-2:])
     # Adam moves each weight by about its LR per step, so the steps' ratio is the decay
     ratio = _mean_step(before, trained, second.modules) / _mean_step(before, trained, top.modules)

@@ -102,8 +102,8 @@ def run(
         searched, _ = search_stage(prepared, run_dir.path, config, probe)
         stage_metrics["head search"] = searched.test_metrics
     if config.finetune is not None:
-        options = finetune_options(config, searched, probe, log.info)
-        stage_metrics["fine-tune"], rows = finetune_stage(prepared, run_dir.path, options, probe, searched, log.info)
+        options = finetune_options(config, searched, probe)
+        stage_metrics["fine-tune"], rows = finetune_stage(prepared, run_dir.path, options, probe, searched)
     write_predictions(run_dir, rows, prepared.dataset.classes)
     timings = {
         "extraction_seconds": prepared.extraction_seconds(),

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -154,6 +155,8 @@ def handle(args: argparse.Namespace) -> None:
     options = finetune_options(args)
     distributed = from_environment()  # data-parallel under torchrun; a no-op otherwise
     say = print if distributed.is_main else (lambda _: None)
+    if not distributed.is_main:  # one voice under torchrun: rank 0's
+        logging.getLogger("transferlab").setLevel(logging.WARNING)
     config = run_config(args, finetune=options.result_affecting())
     prepared = prepare(config, cache_dir=args.cache_dir, progress=not args.no_progress and distributed.is_main)
     name = distributed.broadcast(args.name or default_run_name(Path(config.data)))  # one directory for all ranks
@@ -163,13 +166,13 @@ def handle(args: argparse.Namespace) -> None:
     run_dir = run_dir.path
     try:
         if args.folds:
-            finetune_folds(prepared, run_dir, options, args.folds, echo=say, distributed=distributed)
+            finetune_folds(prepared, run_dir, options, args.folds, distributed=distributed)
             say(f"run directory: {run_dir}")
             return
         if args.search_depth:
-            options, _ = search_unfreeze(prepared, run_dir, options, trials=args.search_depth, echo=say)
+            options, _ = search_unfreeze(prepared, run_dir, options, trials=args.search_depth)
         train = finetune_from_scratch if args.from_scratch else finetune
-        outcome = train(prepared, run_dir, options, echo=say, distributed=distributed)
+        outcome = train(prepared, run_dir, options, distributed=distributed)
     finally:
         distributed.close()
     for stage in outcome.stages:

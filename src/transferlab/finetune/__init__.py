@@ -4,7 +4,7 @@ Public API (stable; other stages and commands build on it)::
 
     from transferlab.finetune import FinetuneOptions, finetune
 
-    outcome = finetune(prepared, run_dir, FinetuneOptions(unfreeze="top:3", epochs=5), echo=print)
+    outcome = finetune(prepared, run_dir, FinetuneOptions(unfreeze="top:3", epochs=5))
     # -> FinetuneOutcome(run_dir, stages, metric, metrics{'val','test'}, scores{'val','test'}, thresholds,
     #                    model, lp_init, seconds, paths{'train','val','test'}); outcome.test_metrics
     # writes run_dir/finetune.json, augmentation_preview.png, finetuned.safetensors + finetuned.json
@@ -19,7 +19,7 @@ Lower-level pieces:
                                                  # batch statistics, recalibrate() on the train set at stage start
     build_network(backbone.model, cut_point, head_spec, n_outputs, image_size) -> FinetuneNet (a copy)
     init_from_probe(net, probe.model, n_outputs) # LP-FT: fold a logistic-regression probe into the head
-    Trainer(net, units, loaders, loss, classes, TrainSettings, checkpoint_path, fingerprint=..., echo, on_epoch)
+    Trainer(net, units, loaders, loss, classes, TrainSettings, checkpoint, fingerprint=, multilabel=, on_epoch)
         .run(list[StagePlan], resume=load_checkpoint(path) | None) -> list[stage record]
         .scores(loader) -> (mean loss, probabilities, targets)
     plan_stages(units, target_units, options) -> list[StagePlan]

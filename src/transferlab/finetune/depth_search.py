@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import logging
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +31,8 @@ from transferlab.finetune.run import FinetuneOptions, finetune
 if TYPE_CHECKING:
     from transferlab.prepare import PreparedData
 
+log = logging.getLogger(__name__)
+
 LR_RANGE = (1e-4, 3e-3)
 
 
@@ -41,6 +45,18 @@ def _training_subset(prepared: PreparedData, fraction: float, seed: int) -> Prep
     return dataclasses.replace(prepared, split=Split(assignment.astype(str)))
 
 
+@contextmanager
+def _quiet(name: str) -> Iterator[None]:
+    """Hide a trial's own epoch lines (one line per depth trial is shown instead)."""
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def search_unfreeze(
     prepared: PreparedData,
     run_dir: Path,
@@ -49,7 +65,6 @@ def search_unfreeze(
     trials: int = 6,
     fraction: float = 0.5,
     max_depth: int | None = None,
-    echo: Callable[[str], None] = print,
 ) -> tuple[FinetuneOptions, dict[str, Any]]:
     """Search ``top:K`` (K = 0 … ``max_depth`` units) and the head LR; returns ``options`` with the best of both and
     the study record, also written to ``run_dir/finetune_search.json``."""
@@ -64,12 +79,12 @@ def search_unfreeze(
         lr = trial.suggest_float("lr", *LR_RANGE, log=True)
         trial_options = dataclasses.replace(options, unfreeze=f"top:{depth}" if depth else "none", lr=lr, resume=False)
         started = time.perf_counter()
-        with tempfile.TemporaryDirectory() as scratch:
-            outcome = finetune(subset, Path(scratch), trial_options, echo=lambda _: None)
+        with tempfile.TemporaryDirectory() as scratch, _quiet("transferlab.finetune"):
+            outcome = finetune(subset, Path(scratch), trial_options)
         value = float(outcome.stages[-1]["best_val_metric"])
         rows.append({"number": trial.number, "depth": depth, "lr": lr, "value": value,
                      "seconds": time.perf_counter() - started})  # fmt: skip
-        echo(f"depth trial {trial.number}: top:{depth}, lr {lr:.2g} → val {outcome.metric} {value:.4f}")
+        log.info(f"depth trial {trial.number}: top:{depth}, lr {lr:.2g} → val {outcome.metric} {value:.4f}")
         return value
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)

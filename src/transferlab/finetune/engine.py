@@ -7,6 +7,7 @@ validation). Every epoch ends with an atomic checkpoint from which :meth:`Traine
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Callable
@@ -34,7 +35,9 @@ from transferlab.finetune.checkpoint import (
 )
 from transferlab.finetune.distributed import Distributed
 from transferlab.finetune.network import FinetuneNet
-from transferlab.metrics import classification_metrics, headline
+from transferlab.metrics import classification_metrics, headline, probabilities
+
+log = logging.getLogger(__name__)
 
 SANITY_FACTOR = 1.5
 RESTART_LR_FACTOR = 0.1
@@ -140,18 +143,17 @@ class Trainer:
         checkpoint: Path,
         *,
         fingerprint: str,
-        echo: Callable[[str], None] = print,
+        multilabel: bool,
         on_epoch: Callable[[dict[str, Any], dict[str, Any]], None] | None = None,
         distributed: Distributed | None = None,
     ) -> None:
         self.net, self.units, self.loaders, self.loss = net, units, loaders, loss
         self.distributed = distributed or Distributed()
         self.classes = classes
-        self.multilabel = isinstance(loss, nn.BCEWithLogitsLoss)
+        self.multilabel = multilabel
         self.settings = settings
         self.checkpoint = checkpoint
         self.fingerprint = fingerprint
-        self.echo = echo
         self.on_epoch = on_epoch
 
     def scores(self, loader: DataLoader) -> tuple[float, np.ndarray, np.ndarray]:
@@ -167,7 +169,7 @@ class Trainer:
         return total / max(1, len(loader.dataset)), np.concatenate(probabilities), np.concatenate(targets)
 
     def _probabilities(self, logits: torch.Tensor) -> np.ndarray:
-        return (torch.sigmoid(logits) if self.multilabel else torch.softmax(logits, dim=1)).detach().double().numpy()
+        return probabilities(logits, self.multilabel).detach().double().numpy()
 
     def _param_groups(self, record: dict[str, Any], trainable: list[Unit]) -> list[dict[str, Any]]:
         """Head at ``lr_head``; backbone units at ``lr_backbone``, or decayed by ``layer_decay`` per unit downwards."""
@@ -295,7 +297,7 @@ class Trainer:
                     self._restart(record, train_loss, limit, start_state)
                     optimizer, scheduler = self._optimizer(record, plan.trainable, plan.epochs)
                     continue
-                self.echo(
+                self._say(
                     f"{plan.name}: first-epoch loss still {train_loss:.3g} > {limit:.3g} after "
                     f"{len(record['restarts'])} restarts; continuing (the best epoch by validation is kept)"
                 )
@@ -313,7 +315,7 @@ class Trainer:
                 "seconds": time.perf_counter() - started,
             }
             record["history"].append(entry)
-            self.echo(
+            self._say(
                 f"{plan.name} epoch {epoch}: train loss {train_loss:.4f}, val loss {val_loss:.4f}, "
                 f"val metric {val_metric:.4f}"
             )
@@ -354,7 +356,11 @@ class Trainer:
         record["restarts"].append(
             {"epoch": 1, "loss": finite, "old_lr": old, "new_lr": record["lr_head"], "reason": reason}
         )
-        self.echo(f"{record['name']}: {reason}; restarting the stage at lr {record['lr_head']:.3g}")
+        self._say(f"{record['name']}: {reason}; restarting the stage at lr {record['lr_head']:.3g}")
+
+    def _say(self, message: str) -> None:
+        if self.distributed.is_main:  # one voice under torchrun
+            log.info(message)
 
     def _notify(self, record: dict[str, Any], entry: dict[str, Any]) -> None:
         if self.on_epoch is not None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import time
 from collections.abc import Callable
@@ -40,6 +41,8 @@ from transferlab.probe.linear import ProbeResult
 
 if TYPE_CHECKING:
     from transferlab.prepare import PreparedData
+
+log = logging.getLogger(__name__)
 
 CHECKPOINT = "finetune_checkpoint.safetensors"
 HEAD_EPOCHS = 3
@@ -149,7 +152,6 @@ def finetune(
     run_dir: Path,
     options: FinetuneOptions,
     *,
-    echo: Callable[[str], None] = print,
     on_epoch: Callable[[dict[str, Any], dict[str, Any]], None] | None = None,
     probe: ProbeResult | None = None,
     head_init: Head | None = None,
@@ -162,12 +164,12 @@ def finetune(
     features); training starts from its weights, so every stage's epoch 0 is the head-only model and restore-best
     can only keep or improve on it (on validation).
     ``on_epoch(stage_record, history_entry)`` is called after each epoch's checkpoint is on disk.
-    Under ``torchrun`` (or with ``distributed`` given) training is data-parallel and only rank 0 echoes and writes.
+    Under ``torchrun`` (or with ``distributed`` given) training is data-parallel and only rank 0 logs and writes.
     """
     started = time.perf_counter()
     distributed = distributed or from_environment()
     if not distributed.is_main:
-        echo, on_epoch = (lambda _: None), None
+        on_epoch = None
     run_dir = Path(run_dir)
     dataset, classes = prepared.dataset, prepared.dataset.classes
     spec = options.head_spec or HeadSpec(output="sigmoid" if dataset.multilabel else "softmax")
@@ -184,7 +186,7 @@ def finetune(
     net = build_network(
         prepared.backbone.model, prepared.config.cut_point, spec, len(classes), data_config["input_size"][-1]
     )
-    head_source = _warm_start(net, prepared, options, spec, data_config, probe, head_init, echo)
+    head_source = _warm_start(net, prepared, options, spec, data_config, probe, head_init, distributed.is_main)
     lp_init = head_source == "probe"
     units = freeze_units(net.body)
     plans = plan_stages(units, parse_unfreeze(options.unfreeze, units), options, head_source != "random")
@@ -251,7 +253,7 @@ def finetune(
         settings,
         checkpoint,
         fingerprint=_fingerprint(prepared, options),
-        echo=echo,
+        multilabel=dataset.multilabel,
         on_epoch=on_epoch,
         distributed=distributed,
     )
@@ -281,7 +283,7 @@ def _warm_start(
     data_config: dict[str, Any],
     probe: ProbeResult | None,
     head_init: Head | None,
-    echo: Callable[[str], None],
+    main: bool,
 ) -> str:
     """Initialise the head from the searched head, or the linear probe (LP-FT); returns which ("random": neither)."""
     if head_init is None and not (options.lp_init and is_linear_head(spec)):
@@ -291,10 +293,11 @@ def _warm_start(
     if data_config["input_size"][-1] != feature_size:
         # The head learnt features of feature_size-pixel inputs; at another resolution the same weights start it
         # off target (first-epoch loss above the sanity limit), which no LR restart can repair.
-        echo(
-            f"{source} warm start skipped: it saw {feature_size} px features, fine-tuning runs at "
-            f"{data_config['input_size'][-1]} px"
-        )
+        if main:
+            log.info(
+                f"{source} warm start skipped: it saw {feature_size} px features, fine-tuning runs at "
+                f"{data_config['input_size'][-1]} px"
+            )
         return "random"
     if head_init is not None:
         if head_init.spec != spec:

@@ -7,7 +7,7 @@ and the final model's ``predictions.csv`` rows.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,14 +24,14 @@ if TYPE_CHECKING:
     from transferlab.prepare import PreparedData
     from transferlab.search import SearchOutcome
 
+log = logging.getLogger(__name__)
+
 
 def _shown(value: float | None) -> str:
     return "–" if value is None else f"{value:.4f}"
 
 
-def finetune_options(
-    config: RunConfig, searched: SearchOutcome | None, probe: ProbeResult, echo: Callable[[str], None]
-) -> FinetuneOptions:
+def finetune_options(config: RunConfig, searched: SearchOutcome | None, probe: ProbeResult) -> FinetuneOptions:
     """``config.finetune`` as options; the searched head replaces the linear (probe-initialised) head only when it
     beat the probe on validation — a bigger head that scores worse is not worth fine-tuning under."""
     values = dict(config.finetune or {})
@@ -43,12 +43,12 @@ def finetune_options(
         head_val = searched.record["best"].get("val_metric")
         if head_val is not None and (probe_val is None or head_val > probe_val):
             options.head_spec = searched.best_spec
-            echo(
+            log.info(
                 f"fine-tuning the searched head from its trained weights (val {metric} {_shown(head_val)} beats the "
                 f"probe's {_shown(probe_val)})"
             )
         else:
-            echo(
+            log.info(
                 f"fine-tuning a linear head warm-started from the probe (val {metric} {_shown(probe_val)} vs "
                 f"searched head {_shown(head_val)})"
             )
@@ -61,14 +61,13 @@ def finetune_stage(
     options: FinetuneOptions,
     probe: ProbeResult,
     searched: SearchOutcome | None,
-    echo: Callable[[str], None],
 ) -> tuple[dict[str, Any], list[list[str]]]:
     """Fine-tune; returns the test metrics and the final model's ``predictions.csv`` rows.
 
     When the searched head is the one being fine-tuned, training starts from its trained weights.
     """
     head_init = searched.head if searched is not None and options.head_spec == searched.best_spec else None
-    outcome = finetune(prepared, run_path, options, echo=echo, probe=probe, head_init=head_init)
+    outcome = finetune(prepared, run_path, options, probe=probe, head_init=head_init)
     thresholds = None if outcome.thresholds is None else np.asarray(outcome.thresholds)
     targets = prepared.targets()
     rows: list[list[str]] = []

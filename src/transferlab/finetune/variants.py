@@ -12,7 +12,7 @@ LR. The gap to the pretrained run is what transfer bought.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import logging
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -31,6 +31,8 @@ from transferlab.metrics import headline
 
 if TYPE_CHECKING:
     from transferlab.prepare import PreparedData
+
+log = logging.getLogger(__name__)
 
 
 def fold_splits(prepared: PreparedData, folds: int, seed: int) -> list[Split]:
@@ -62,7 +64,6 @@ def finetune_folds(
     options: FinetuneOptions,
     folds: int,
     *,
-    echo: Callable[[str], None] = print,
     distributed: Distributed | None = None,
 ) -> dict[str, Any]:
     """Fine-tune once per fold into ``run_dir/fold-<i>/`` and write ``run_dir/folds.json`` with mean ± std.
@@ -73,9 +74,9 @@ def finetune_folds(
     rows: list[dict[str, Any]] = []
     metric = ""
     for fold, split in enumerate(fold_splits(prepared, folds, options.seed)):
-        echo(f"fold {fold + 1}/{folds}: {split.counts()}")
+        log.info(f"fold {fold + 1}/{folds}: {split.counts()}")
         fold_dir = Path(run_dir) / f"fold-{fold}"
-        outcome = finetune(replace(prepared, split=split), fold_dir, options, echo=echo, distributed=distributed)
+        outcome = finetune(replace(prepared, split=split), fold_dir, options, distributed=distributed)
         metric = outcome.metric
         rows.append(
             {
@@ -97,7 +98,7 @@ def finetune_folds(
     }
     if distributed.is_main:
         write_json(Path(run_dir) / "folds.json", summary)
-    echo(f"{folds}-fold test {metric}: {summary['mean']:.4f} ± {summary['std']:.4f} (sample std over folds)")
+    log.info(f"{folds}-fold test {metric}: {summary['mean']:.4f} ± {summary['std']:.4f} (sample std over folds)")
     return summary
 
 
@@ -106,7 +107,6 @@ def finetune_from_scratch(
     run_dir: Path,
     options: FinetuneOptions,
     *,
-    echo: Callable[[str], None] = print,
     distributed: Distributed | None = None,
 ) -> FinetuneOutcome:
     """The baseline: same architecture and data, random init, all units trained at the head LR, no probe warm start.
@@ -118,8 +118,8 @@ def finetune_from_scratch(
     model = timm.create_model(prepared.backbone.name, pretrained=False, num_classes=0)
     scratch = replace(prepared, backbone=replace(prepared.backbone, model=model))
     options = replace(options, unfreeze="all", stages=1, head_epochs=0, lp_init=False, backbone_lr_ratio=1.0)
-    echo("from scratch: random initial weights; training all units at one LR (--unfreeze is ignored)")
-    outcome = finetune(scratch, run_dir, options, echo=echo, distributed=distributed)
+    log.info("from scratch: random initial weights; training all units at one LR (--unfreeze is ignored)")
+    outcome = finetune(scratch, run_dir, options, distributed=distributed)
     if distributed.is_main:
         record = read_json(Path(run_dir) / "finetune.json")
         write_json(Path(run_dir) / "finetune.json", {**record, "from_scratch": True})
