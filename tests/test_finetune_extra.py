@@ -143,7 +143,7 @@ def test_activation_store_spills_to_disk_beyond_budget(tmp_path: Path) -> None:
 
 
 def test_cached_boundary_views_and_upper_training(prepared, tmp_path: Path) -> None:
-    from transferlab.finetune import Trainer, TrainSettings
+    from transferlab.finetune import FinetuneOptions, Trainer
 
     net = _tiny_net()
     units = freeze_units(net.body)
@@ -166,7 +166,7 @@ def test_cached_boundary_views_and_upper_training(prepared, tmp_path: Path) -> N
 
     frozen = {k: v.clone() for k, v in net.body.state_dict().items() if k.startswith(("conv_stem", "blocks.0"))}
     top = {k: v.clone() for k, v in net.body.state_dict().items() if k.startswith("conv_head")}
-    settings = TrainSettings(1e-2, 0.1, None, 0.0, 0.0, 5, 0)
+    settings = FinetuneOptions(lr=1e-2, backbone_lr_ratio=0.1, weight_decay=0.0, warmup=0.0, patience=5, max_restarts=0)
     trainer = Trainer(
         upper_net,
         units,

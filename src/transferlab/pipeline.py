@@ -20,10 +20,10 @@ from transferlab.metrics import headline
 from transferlab.prepare import PreparedData, prepare
 from transferlab.probe import fit_probe
 from transferlab.probe.linear import ProbeResult
+from transferlab.probe.saved import save_probe
 from transferlab.record import RunDir, layout
 from transferlab.record.predictions import prediction_rows, write_predictions
 from transferlab.record.rundir import default_run_name, process_facts
-from transferlab.record.saved_probe import save_probe
 from transferlab.report import write_report
 from transferlab.search.stage import search_stage
 

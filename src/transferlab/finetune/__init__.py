@@ -19,7 +19,7 @@ Lower-level pieces:
                                                  # batch statistics, recalibrate() on the train set at stage start
     build_network(backbone.model, cut_point, head_spec, n_outputs, image_size) -> FinetuneNet (a copy)
     init_from_probe(net, probe.model, n_outputs) # LP-FT: fold a logistic-regression probe into the head
-    Trainer(net, units, loaders, loss, classes, TrainSettings, checkpoint, fingerprint=, multilabel=, on_epoch)
+    Trainer(net, units, loaders, loss, classes, FinetuneOptions, checkpoint, fingerprint=, multilabel=, on_epoch)
         .run(list[StagePlan], resume=load_checkpoint(path) | None) -> list[stage record]
         .scores(loader) -> (mean loss, probabilities, targets)
     plan_stages(units, target_units, options) -> list[StagePlan]
@@ -32,9 +32,10 @@ Lower-level pieces:
 from transferlab.finetune.batchnorm import BN_POLICY, set_trainable
 from transferlab.finetune.blocks import Unit, freeze_units, parse_unfreeze
 from transferlab.finetune.checkpoint import load_checkpoint
-from transferlab.finetune.engine import StagePlan, Trainer, TrainSettings
+from transferlab.finetune.engine import StagePlan, Trainer
 from transferlab.finetune.network import FinetuneNet, build_network, init_from_probe
-from transferlab.finetune.run import FinetuneOptions, FinetuneOutcome, finetune, plan_stages
+from transferlab.finetune.options import FinetuneOptions
+from transferlab.finetune.run import FinetuneOutcome, finetune, plan_stages
 
 __all__ = [
     "BN_POLICY",
@@ -42,7 +43,6 @@ __all__ = [
     "FinetuneOptions",
     "FinetuneOutcome",
     "StagePlan",
-    "TrainSettings",
     "Trainer",
     "Unit",
     "build_network",

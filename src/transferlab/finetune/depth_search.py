@@ -26,7 +26,9 @@ from transferlab.data import stratified_subset
 from transferlab.data.split import Split
 from transferlab.fileio import write_json
 from transferlab.finetune.blocks import freeze_units
-from transferlab.finetune.run import FinetuneOptions, finetune
+from transferlab.finetune.options import FinetuneOptions
+from transferlab.finetune.run import finetune
+from transferlab.record import layout
 
 if TYPE_CHECKING:
     from transferlab.prepare import PreparedData
@@ -97,5 +99,5 @@ def search_unfreeze(
         "best": {"unfreeze": f"top:{depth}" if depth else "none", "lr": lr, "value": study.best_value},
         "trials": rows,
     }
-    write_json(Path(run_dir) / "finetune_search.json", record)
+    write_json(Path(run_dir) / layout.FINETUNE_SEARCH, record)
     return dataclasses.replace(options, unfreeze=record["best"]["unfreeze"], lr=lr), record

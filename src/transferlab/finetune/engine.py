@@ -35,6 +35,7 @@ from transferlab.finetune.checkpoint import (
 )
 from transferlab.finetune.distributed import Distributed
 from transferlab.finetune.network import FinetuneNet
+from transferlab.finetune.options import FinetuneOptions
 from transferlab.metrics import classification_metrics, headline, probabilities
 
 log = logging.getLogger(__name__)
@@ -50,21 +51,6 @@ class StagePlan:
     name: str
     trainable: list[Unit]
     epochs: int
-
-
-@dataclass
-class TrainSettings:
-    """The optimization knobs a stage needs (a subset of ``FinetuneOptions``)."""
-
-    lr: float
-    backbone_lr_ratio: float
-    layer_decay: float | None
-    weight_decay: float
-    warmup: float
-    patience: int
-    max_restarts: int
-    bn_stats: str = "frozen"
-    head_trained: bool = False  # the head starts trained (warm start from the searched head or the probe)
 
 
 class WarmupCosine:
@@ -139,11 +125,12 @@ class Trainer:
         loaders: dict[str, DataLoader],
         loss: nn.Module,
         classes: list[str],
-        settings: TrainSettings,
+        settings: FinetuneOptions,
         checkpoint: Path,
         *,
         fingerprint: str,
         multilabel: bool,
+        head_trained: bool = False,
         on_epoch: Callable[[dict[str, Any], dict[str, Any]], None] | None = None,
         distributed: Distributed | None = None,
     ) -> None:
@@ -152,6 +139,7 @@ class Trainer:
         self.classes = classes
         self.multilabel = multilabel
         self.settings = settings
+        self.head_trained = head_trained  # the head starts trained (searched head or probe warm start)
         self.checkpoint = checkpoint
         self.fingerprint = fingerprint
         self.on_epoch = on_epoch
@@ -267,7 +255,7 @@ class Trainer:
         set_trainable(self.net.body, self.units, plan.trainable)
         tracker = EarlyStopping(self.settings.patience)
         if resume is None:
-            record = self._new_record(plan, head_trained=self.settings.head_trained or bool(done))
+            record = self._new_record(plan, head_trained=self.head_trained or bool(done))
             record["start_val_metric"] = self._validate()[1]
             tracker.update(record["start_val_metric"], 0, self.net)
             if self.settings.bn_stats == "batch":

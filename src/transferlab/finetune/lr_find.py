@@ -20,20 +20,17 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from timm.data import create_transform
 from torch import nn
 
 from transferlab.errors import TransferlabError
 from transferlab.fileio import atomic_write_bytes, write_json
-from transferlab.finetune.augment import training_transform
 from transferlab.finetune.batchnorm import set_trainable
-from transferlab.finetune.blocks import freeze_units, parse_unfreeze
-from transferlab.finetune.data import LabelledImages, loss_function, training_loader
-from transferlab.finetune.network import build_network
-from transferlab.heads import HeadSpec
+from transferlab.finetune.blocks import parse_unfreeze
+from transferlab.finetune.setup import build_setup
+from transferlab.record import layout
 
 if TYPE_CHECKING:
-    from transferlab.finetune.run import FinetuneOptions
+    from transferlab.finetune.options import FinetuneOptions
     from transferlab.prepare import PreparedData
 
 SUGGESTION_RULE = "steepest descent of the smoothed loss vs log10(LR), before the loss minimum"
@@ -197,25 +194,15 @@ def lr_range_test(
     ``finetune``; the head starts from its seeded random init (no probe warm start), the "fixed init" the sweep is
     defined from. The suggestion is for the head LR (``--lr``).
     """
-    classes, multilabel = prepared.dataset.classes, prepared.dataset.multilabel
-    spec = options.head_spec or HeadSpec(output="sigmoid" if multilabel else "softmax")
-    size = options.image_size or prepared.backbone.data_config["input_size"][-1]
-    data_config = {**prepared.backbone.data_config, "input_size": (3, size, size)}
-    torch.manual_seed(options.seed)
-    net = build_network(prepared.backbone.model, prepared.config.cut_point, spec, len(classes), size)
-    units = freeze_units(net.body)
+    setup = build_setup(prepared, options)
+    net, units = setup.net, setup.units
     set_trainable(net.body, units, parse_unfreeze(options.unfreeze, units))
-    targets = prepared.targets()["train"]
-    transform = training_transform(create_transform(**data_config, is_training=False), options.augment)
-    images = LabelledImages(prepared.split_paths("train"), targets, transform)
-    loader = training_loader(images, options.batch_size, options.balance, options.workers)
     backbone = [p for p in net.body.parameters() if p.requires_grad]
     groups = [{"params": list(net.head.parameters()), "lr": 1.0}]
     groups += [{"params": backbone, "lr": options.backbone_lr_ratio}] if backbone else []
     optimizer = torch.optim.AdamW(groups, weight_decay=options.weight_decay)
-    loss = loss_function(targets, len(classes), options.balance)
     net.train()
-    result = lr_find(net, optimizer, loader, loss, start_lr=start_lr, end_lr=end_lr, steps=steps)
-    plot_lr_find(result, Path(run_dir) / "lr_find.png")
-    write_json(Path(run_dir) / "lr_find.json", {**result.to_dict(), "unfreeze": options.unfreeze})
+    result = lr_find(net, optimizer, setup.loaders["train"], setup.loss, start_lr=start_lr, end_lr=end_lr, steps=steps)
+    plot_lr_find(result, Path(run_dir) / layout.LR_FIND_PLOT)
+    write_json(Path(run_dir) / layout.LR_FIND, {**result.to_dict(), "unfreeze": options.unfreeze})
     return result

@@ -12,74 +12,41 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 from safetensors.torch import save
-from timm.data import create_transform
 
 from transferlab.data.split import split_digest
 from transferlab.errors import TransferlabError
 from transferlab.fileio import atomic_write_bytes, write_json
-from transferlab.finetune.augment import save_preview, training_transform
+from transferlab.finetune.augment import save_preview
 from transferlab.finetune.batchnorm import BN_STATS, set_trainable
-from transferlab.finetune.blocks import Unit, freeze_units, parse_unfreeze
+from transferlab.finetune.blocks import Unit, parse_unfreeze
 from transferlab.finetune.boundary import cached_boundary
 from transferlab.finetune.checkpoint import load_checkpoint
-from transferlab.finetune.data import LabelledImages, evaluation_loader, loss_function, training_loader
 from transferlab.finetune.distributed import Distributed, from_environment
-from transferlab.finetune.engine import StagePlan, Trainer, TrainSettings
-from transferlab.finetune.network import FinetuneNet, build_network, init_from_probe, is_linear_head
+from transferlab.finetune.engine import StagePlan, Trainer
+from transferlab.finetune.network import FinetuneNet, init_from_probe, is_linear_head
+from transferlab.finetune.options import FinetuneOptions
+from transferlab.finetune.setup import build_setup
 from transferlab.heads import Head, HeadSpec
 from transferlab.metrics import classification_metrics, headline, tune_thresholds
 from transferlab.model.network import saved_state
 from transferlab.probe import fit_probe
 from transferlab.probe.linear import ProbeResult
+from transferlab.record import layout
 
 if TYPE_CHECKING:
     from transferlab.prepare import PreparedData
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT = "finetune_checkpoint.safetensors"
+CHECKPOINT = layout.FINETUNE_CHECKPOINT
 HEAD_EPOCHS = 3
 PREVIEW_IMAGES = 4
-
-
-@dataclass
-class FinetuneOptions:
-    """Everything that changes a fine-tuning result (``resume`` and ``workers`` only change how it is computed)."""
-
-    unfreeze: str = "top:3"
-    stages: int = 1
-    epochs: int = 5
-    head_epochs: int | None = None  # None: HEAD_EPOCHS for a new head, 0 for a warm-started (already trained) one
-    lr: float = 1e-3
-    backbone_lr_ratio: float = 0.1
-    layer_decay: float | None = None
-    weight_decay: float = 0.01
-    warmup: float = 0.1
-    patience: int = 3
-    batch_size: int = 32
-    image_size: int | None = None
-    augment: str = "basic"
-    balance: str = "weights"
-    lp_init: bool = True
-    head_spec: HeadSpec | None = None
-    max_restarts: int = 3
-    bn_stats: str = "frozen"
-    cache_views: int = 0
-    seed: int = 0
-    workers: int = 0
-    resume: bool = False
-
-    def result_affecting(self) -> dict[str, Any]:
-        values = asdict(self)
-        values["head_spec"] = None if self.head_spec is None else self.head_spec.to_dict()
-        return {k: v for k, v in values.items() if k not in ("resume", "workers")}
 
 
 @dataclass
@@ -140,13 +107,6 @@ def _fingerprint(prepared: PreparedData, options: FinetuneOptions) -> str:
     return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def _data_config(prepared: PreparedData, image_size: int | None) -> dict[str, Any]:
-    config = dict(prepared.backbone.data_config)
-    if image_size:
-        config["input_size"] = (3, image_size, image_size)
-    return config
-
-
 def finetune(
     prepared: PreparedData,
     run_dir: Path,
@@ -172,65 +132,24 @@ def finetune(
         on_epoch = None
     run_dir = Path(run_dir)
     dataset, classes = prepared.dataset, prepared.dataset.classes
-    spec = options.head_spec or HeadSpec(output="sigmoid" if dataset.multilabel else "softmax")
-    if spec.multilabel != dataset.multilabel:
-        raise TransferlabError(
-            f"head output '{spec.output}' does not fit a {'multi' if dataset.multilabel else 'single'}-label task"
-        )
-    data_config = _data_config(prepared, options.image_size)
-    eval_transform = create_transform(**data_config, is_training=False)
-    train_transform = training_transform(eval_transform, options.augment)
-
-    torch.manual_seed(options.seed)
-    np.random.seed(options.seed)
-    net = build_network(
-        prepared.backbone.model, prepared.config.cut_point, spec, len(classes), data_config["input_size"][-1]
-    )
+    setup = build_setup(prepared, options)
+    net, units, loaders, data_config, spec = setup.net, setup.units, setup.loaders, setup.data_config, setup.spec
     head_source = _warm_start(net, prepared, options, spec, data_config, probe, head_init, distributed.is_main)
     lp_init = head_source == "probe"
-    units = freeze_units(net.body)
     plans = plan_stages(units, parse_unfreeze(options.unfreeze, units), options, head_source != "random")
-
-    targets = prepared.targets()
-    paths = {split: prepared.split_paths(split) for split in ("train", "val", "test")}
+    paths = setup.paths
     if not len(paths["train"]) or not len(paths["val"]):
         raise TransferlabError("fine-tuning needs training and validation images (check --val-fraction)")
-    loss = loss_function(targets["train"], len(classes), options.balance)
-    loaders = {
-        "train": training_loader(
-            LabelledImages(paths["train"], targets["train"], train_transform),
-            options.batch_size,
-            options.balance,
-            options.workers,
-        ),
-        **{
-            split: evaluation_loader(
-                LabelledImages(paths[split], targets[split], eval_transform), options.batch_size, options.workers
-            )
-            for split in ("val", "test")
-        },
-    }
     if distributed.is_main:
         save_preview(
-            run_dir / "augmentation_preview.png",
+            run_dir / layout.AUGMENTATION_PREVIEW,
             paths["train"][:PREVIEW_IMAGES],
-            train_transform,
+            setup.train_transform,
             data_config["mean"],
             data_config["std"],
         )
 
     checkpoint = run_dir / CHECKPOINT
-    settings = TrainSettings(
-        options.lr,
-        options.backbone_lr_ratio,
-        options.layer_decay,
-        options.weight_decay,
-        options.warmup,
-        options.patience,
-        options.max_restarts,
-        options.bn_stats,
-        head_trained=head_source != "random",
-    )
     train_net, train_loaders, stores = net, loaders, []
     if options.cache_views:  # train the upper part on cached boundary activations (finetune/boundary.py)
         train_net, train_loaders, stores = cached_boundary(
@@ -248,12 +167,13 @@ def finetune(
         train_net,
         units,
         {**train_loaders, "train": distributed.shard(train_loaders["train"])},
-        loss,
+        setup.loss,
         classes,
-        settings,
+        options,
         checkpoint,
         fingerprint=_fingerprint(prepared, options),
         multilabel=dataset.multilabel,
+        head_trained=head_source != "random",
         on_epoch=on_epoch,
         distributed=distributed,
     )
@@ -336,7 +256,7 @@ def _write_outputs(
     head_source: str,
 ) -> None:
     write_json(
-        run_dir / "finetune.json",
+        run_dir / layout.FINETUNE,
         {
             "stages": stages,
             "test_metrics": metrics.get("test", {}),
@@ -347,9 +267,9 @@ def _write_outputs(
             "options": options.result_affecting(),
         },
     )
-    atomic_write_bytes(run_dir / "finetuned.safetensors", save(saved_state(net, prepared.backbone.model)))
+    atomic_write_bytes(run_dir / layout.FINETUNED_WEIGHTS, save(saved_state(net, prepared.backbone.model)))
     write_json(
-        run_dir / "finetuned.json",
+        run_dir / layout.FINETUNED_META,
         {
             "backbone": prepared.backbone.name,
             "weights_sha256": prepared.backbone.weights.sha256,

@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from transferlab.finetune.run import FinetuneOptions, finetune
+from transferlab.finetune.options import FinetuneOptions
+from transferlab.finetune.run import finetune
 from transferlab.heads import HeadSpec
 from transferlab.metrics import headline
 from transferlab.probe.linear import ProbeResult

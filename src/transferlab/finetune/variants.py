@@ -26,8 +26,10 @@ from transferlab.data.split import Split, make_split, strata
 from transferlab.errors import TransferlabError
 from transferlab.fileio import read_json, write_json
 from transferlab.finetune.distributed import Distributed, from_environment
-from transferlab.finetune.run import FinetuneOptions, FinetuneOutcome, finetune
+from transferlab.finetune.options import FinetuneOptions
+from transferlab.finetune.run import FinetuneOutcome, finetune
 from transferlab.metrics import headline
+from transferlab.record import layout
 
 if TYPE_CHECKING:
     from transferlab.prepare import PreparedData
@@ -97,7 +99,7 @@ def finetune_folds(
         "folds": rows,
     }
     if distributed.is_main:
-        write_json(Path(run_dir) / "folds.json", summary)
+        write_json(Path(run_dir) / layout.FOLDS, summary)
     log.info(f"{folds}-fold test {metric}: {summary['mean']:.4f} ± {summary['std']:.4f} (sample std over folds)")
     return summary
 
@@ -121,6 +123,6 @@ def finetune_from_scratch(
     log.info("from scratch: random initial weights; training all units at one LR (--unfreeze is ignored)")
     outcome = finetune(scratch, run_dir, options, distributed=distributed)
     if distributed.is_main:
-        record = read_json(Path(run_dir) / "finetune.json")
-        write_json(Path(run_dir) / "finetune.json", {**record, "from_scratch": True})
+        record = read_json(Path(run_dir) / layout.FINETUNE)
+        write_json(Path(run_dir) / layout.FINETUNE, {**record, "from_scratch": True})
     return outcome

@@ -22,6 +22,7 @@ from transferlab.fileio import read_json
 from transferlab.heads import HeadSpec
 from transferlab.model.network import CPU, CutModel, build_model, load_saved_state
 from transferlab.model.probe_head import ProbeHead
+from transferlab.record import layout
 
 PREPROCESSING_KEYS = ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode")
 
@@ -63,16 +64,16 @@ def _preprocessing(data_config: dict[str, Any]) -> dict[str, Any]:
 
 
 def _load_probe(run: Path) -> tuple[CutModel, dict[str, Any], dict[str, Any]]:
-    saved = _read(run / "probe.json")
-    config = _read(run / "config.json")
-    record = _read(run / "record.json")
+    saved = _read(run / layout.PROBE_META)
+    config = _read(run / layout.CONFIG)
+    record = _read(run / layout.RECORD)
     backbone = load_backbone(saved["backbone"], config.get("weights"), image_size=config.get("image_size"))
     if backbone.weights.sha256 != saved["weights_sha256"]:
         raise TransferlabError(
             f"{run}: the weights found for {saved['backbone']} ({backbone.weights.path}) are not the ones this run "
             f"used (sha256 {backbone.weights.sha256[:12]} != {saved['weights_sha256'][:12]})"
         )
-    tensors = {name: tensor.numpy() for name, tensor in read_weights(run / "probe.safetensors").items()}
+    tensors = {name: tensor.numpy() for name, tensor in read_weights(run / layout.PROBE_WEIGHTS).items()}
     body, index = cut_network(backbone.model, saved["cut_point"])
     head = ProbeHead(tensors, len(saved["classes"]), saved["multilabel"])
     preprocessing = record.get("backbone", {}).get("preprocessing") or backbone.data_config
@@ -80,13 +81,13 @@ def _load_probe(run: Path) -> tuple[CutModel, dict[str, Any], dict[str, Any]]:
 
 
 def _load_finetuned(run: Path) -> tuple[CutModel, dict[str, Any], dict[str, Any]]:
-    saved = _read(run / "finetuned.json")
+    saved = _read(run / layout.FINETUNED_META)
     preprocessing = _preprocessing(saved["preprocessing"])
     spec = HeadSpec.from_dict(saved["head_spec"])
     args = (saved["cut_point"], spec, len(saved["classes"]), preprocessing["input_size"])
     module = build_model(create_network(saved["backbone"]), *args)
     module.output = spec.output
-    path = run / "finetuned.safetensors"
+    path = run / layout.FINETUNED_WEIGHTS
     load_saved_state(module, read_weights(path), str(path))
     return module, saved, preprocessing
 
@@ -96,7 +97,7 @@ def load_run_model(run_dir: str | Path, device: torch.device = CPU) -> LoadedMod
     run = Path(run_dir)
     if not run.is_dir():
         raise TransferlabError(f"run directory not found: {run}")
-    kind = "finetuned" if (run / "finetuned.json").is_file() else "probe"
+    kind = "finetuned" if (run / layout.FINETUNED_META).is_file() else "probe"
     module, saved, preprocessing = (_load_finetuned if kind == "finetuned" else _load_probe)(run)
     module.device = device
     return LoadedModel(

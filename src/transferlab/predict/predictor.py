@@ -24,6 +24,7 @@ from transferlab.features.extract import ImageFiles, collate_images
 from transferlab.fileio import atomic_write_text, read_json
 from transferlab.model import load_run_model
 from transferlab.model.load import make_transform
+from transferlab.record import layout
 from transferlab.record.predictions import PROBABILITY_PREFIX, decide
 
 
@@ -81,7 +82,7 @@ def load_predictor(model: str | Path) -> Predictor:
     path = Path(model)
     if (path / PREPROCESSING_FILE).is_file():
         return _onnx_predictor(path)
-    if (path / "finetuned.json").is_file() or (path / "probe.json").is_file():
+    if (path / layout.FINETUNED_META).is_file() or (path / layout.PROBE_META).is_file():
         return _torch_predictor(path)
     raise TransferlabError(f"{path}: neither a run with a model (probe.json) nor an ONNX export (preprocessing.json)")
 
