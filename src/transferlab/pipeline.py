@@ -90,12 +90,12 @@ def run(
     config, ranking = _rank(config, cache_dir, progress)
     prepared = prepare(config, cache_dir=cache_dir, progress=progress)
     run_dir = RunDir(Path(runs_dir), name or default_run_name(Path(config.data)))
-    facts = prepared.write_record(run_dir)
+    probe, rows = _probe_stage(prepared, run_dir)
+    facts = prepared.write_record(run_dir, probe=_probe_facts(probe, config.cut_point))
     if ranking is not None:
         from transferlab.rank.ranking import write_ranking
 
         write_ranking(run_dir, ranking)
-    probe, rows = _probe_stage(prepared, run_dir, facts)
     stage_metrics = {"probe": probe.metrics.get("test", {})}
     searched = None
     if config.trials:
@@ -135,19 +135,19 @@ def _rank(config: RunConfig, cache_dir: str | Path | None, progress: bool) -> tu
     return replace(config, backbone=chosen.backbone, cut_point=chosen.cut_point, weights=weights), ranking
 
 
-def _probe_stage(prepared: PreparedData, run_dir: RunDir, facts: dict[str, Any]) -> tuple[ProbeResult, list[list[str]]]:
-    """Fit the cross-validated probe; write metrics.json, probe.* and its part of record.json; its prediction rows."""
+def _probe_facts(probe: ProbeResult, cut_point: str) -> dict[str, Any]:
+    """The probe's part of record.json."""
+    thresholds = None if probe.thresholds is None else probe.thresholds.tolist()
+    return {"kind": "logistic_regression", "C": probe.C, "cut_point": cut_point, "thresholds": thresholds}
+
+
+def _probe_stage(prepared: PreparedData, run_dir: RunDir) -> tuple[ProbeResult, list[list[str]]]:
+    """Fit the cross-validated probe; write metrics.json and probe.*; return it and its prediction rows."""
     features, targets, dataset = prepared.features(), prepared.targets(), prepared.dataset
     probe = fit_probe(features, targets, dataset.classes, seed=prepared.config.seed)
-    facts["probe"] = {
-        "kind": "logistic_regression",
-        "C": probe.C,
-        "cut_point": prepared.config.cut_point,
-        "thresholds": None if probe.thresholds is None else probe.thresholds.tolist(),
-    }
-    run_dir.write_json(layout.RECORD, facts)
     run_dir.write_json(layout.METRICS, probe.metrics)
-    save_probe(run_dir.path, probe, dataset.classes, prepared.config.cut_point, facts["backbone"], dataset.multilabel)
+    cut_point, identity = prepared.config.cut_point, prepared.backbone.identity()
+    save_probe(run_dir.path, probe, dataset.classes, cut_point, identity, dataset.multilabel)
     rows = []
     for split_name in ("val", "test"):
         if len(features[split_name]):

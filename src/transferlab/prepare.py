@@ -99,10 +99,11 @@ class PreparedData:
             },
         }
 
-    def write_record(self, run_dir: RunDir) -> dict[str, Any]:
+    def write_record(self, run_dir: RunDir, **parts: Any) -> dict[str, Any]:
         """Write what every command's run directory holds (config, environment, record, split, problems) and
-        return the record's facts, so ``report``, ``runs``, ``compare`` and ``rerun`` work on any command's output."""
-        facts = self.facts()
+        return record.json's content (the data facts plus the stage ``parts`` given, e.g. ``probe``), so
+        ``report``, ``runs``, ``compare`` and ``rerun`` work on any command's output."""
+        facts = {**self.facts(), **parts}
         run_dir.write_json(layout.CONFIG, self.config.to_dict())
         run_dir.write_json(layout.ENVIRONMENT, environment())
         run_dir.write_json(layout.RECORD, facts)

@@ -70,15 +70,71 @@ class WarmupCosine:
         return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
-class EarlyStopping:
-    """Keeps the best weights by validation metric; says stop after ``patience`` epochs without improvement."""
+@dataclass
+class StageRun:
+    """A stage in progress, as the callbacks see it; ``records`` ends with this stage's own record."""
+
+    index: int
+    plan: StagePlan
+    net: FinetuneNet
+    records: list[dict[str, Any]]
+    resume: tuple[dict[str, torch.Tensor], dict[str, Any]] | None  # a loaded checkpoint taken mid-stage
+    optimizer: Any = None
+    scheduler: LambdaLR | None = None
+    epoch: int = 1
+    stop: str | None = None  # why the stage ends before its last epoch
+
+    @property
+    def record(self) -> dict[str, Any]:
+        return self.records[-1]
+
+    @property
+    def ending(self) -> bool:
+        """Whether the epoch just finished is the stage's last."""
+        return self.stop is not None or self.epoch == self.plan.epochs
+
+
+class Callback:
+    """What the Trainer calls, in list order (a later callback sees what an earlier one decided); no-ops here."""
+
+    def on_stage_start(self, run: StageRun) -> None:
+        """After the optimizer is made (and the start validated, unless resumed), before the first step."""
+
+    def on_epoch_end(self, run: StageRun, entry: dict[str, Any]) -> None:
+        """After an epoch's validation; ``entry`` is already in ``run.record["history"]``."""
+
+    def on_stage_end(self, run: StageRun) -> None:
+        """After the last epoch, ``run.record["stop_reason"]`` set."""
+
+
+class ProgressLog(Callback):
+    """One line per epoch (and whatever the Trainer says), from rank 0 only under torchrun."""
+
+    def __init__(self, main: bool) -> None:
+        self.main = main
+
+    def say(self, message: str) -> None:
+        if self.main:
+            log.info(message)
+
+    def on_epoch_end(self, run: StageRun, entry: dict[str, Any]) -> None:
+        self.say(
+            f"{run.plan.name} epoch {run.epoch}: train loss {entry['train_loss']:.4f}, "
+            f"val loss {entry['val_loss']:.4f}, val metric {entry['val_metric']:.4f}"
+        )
+
+
+class EarlyStopping(Callback):
+    """Keeps the best weights by validation metric (epoch 0: the stage's start), stops a stage after ``patience``
+    epochs without improvement and restores the best weights when it ends."""
 
     def __init__(self, patience: int) -> None:
         self.patience = patience
-        self.best_metric = -math.inf
-        self.best_epoch = 0
-        self.bad_epochs = 0
-        self.best_state: dict[str, torch.Tensor] = {}
+        self.reset()
+
+    def reset(self, best_metric: float = -math.inf, best_epoch: int = 0, bad_epochs: int = 0, best_state=None) -> None:
+        self.best_metric, self.best_epoch, self.bad_epochs = best_metric, best_epoch, bad_epochs
+        self.best_state: dict[str, torch.Tensor] = best_state or {}
 
     def update(self, metric: float, epoch: int, net: nn.Module) -> bool:
         """Record one epoch's validation metric; True when training should stop."""
@@ -95,13 +151,84 @@ class EarlyStopping:
     def state(self) -> dict[str, Any]:
         return {"best_metric": self.best_metric, "best_epoch": self.best_epoch, "bad_epochs": self.bad_epochs}
 
-    def load(self, state: dict[str, Any], best_state: dict[str, torch.Tensor]) -> None:
-        self.best_metric, self.best_epoch, self.bad_epochs = (
-            state["best_metric"],
-            state["best_epoch"],
-            state["bad_epochs"],
-        )
-        self.best_state = best_state
+    def on_stage_start(self, run: StageRun) -> None:
+        if run.resume is not None:
+            tensors, meta = run.resume
+            self.reset(**meta["tracker"], best_state=unprefixed("best", tensors))
+        else:
+            self.reset()
+            self.update(run.record["start_val_metric"], 0, run.net)
+
+    def on_epoch_end(self, run: StageRun, entry: dict[str, Any]) -> None:
+        if self.update(entry["val_metric"], run.epoch, run.net):
+            run.stop = f"early stopping (patience {self.patience})"
+
+    def on_stage_end(self, run: StageRun) -> None:
+        self.restore(run.net)
+        run.record["best_epoch"], run.record["best_val_metric"] = self.best_epoch, self.best_metric
+
+
+class Checkpointer(Callback):
+    """An atomic checkpoint after every epoch that does not end its stage (with optimizer, scheduler, RNG and
+    early-stopping state, so a stage resumes from it bit-for-bit) and at each stage's end; rank 0 writes."""
+
+    def __init__(self, path: Path, fingerprint: str, tracker: EarlyStopping, writer: bool) -> None:
+        self.path, self.fingerprint, self.tracker, self.writer = path, fingerprint, tracker, writer
+
+    def on_stage_start(self, run: StageRun) -> None:
+        if run.resume is not None:
+            tensors, meta = run.resume
+            run.net.load_state_dict(unprefixed("model", tensors))
+            load_optimizer(run.optimizer, tensors, meta["optimizer"])
+            run.scheduler.load_state_dict(meta["scheduler"])
+            set_rng_state(tensors, meta["rng"])
+
+    def on_epoch_end(self, run: StageRun, entry: dict[str, Any]) -> None:
+        if not run.ending:
+            self._save(run, done=False)
+
+    def on_stage_end(self, run: StageRun) -> None:
+        self._save(run, done=True)
+
+    def _save(self, run: StageRun, done: bool) -> None:
+        if not self.writer:
+            return
+        tensors, rng_meta = rng_state()
+        tensors |= prefixed("model", run.net.state_dict())
+        meta: dict[str, Any] = {
+            "fingerprint": self.fingerprint,
+            "stage": run.index,
+            "epoch": run.epoch,
+            "done": done,
+            "records": run.records,
+            "rng": rng_meta,
+        }
+        if not done:
+            optimizer_state, meta["optimizer"] = optimizer_tensors(run.optimizer)
+            tensors |= optimizer_state | prefixed("best", self.tracker.best_state)
+            meta["tracker"] = self.tracker.state()
+            meta["scheduler"] = run.scheduler.state_dict()
+        save_checkpoint(self.path, tensors, meta)
+
+
+class EpochHook(Callback):
+    """``on_epoch(stage_record, history_entry)`` once the epoch's checkpoint is on disk (for a stage's last epoch:
+    after the stage's end)."""
+
+    def __init__(self, on_epoch: Callable[[dict[str, Any], dict[str, Any]], None]) -> None:
+        self.on_epoch = on_epoch
+        self.last: dict[str, Any] | None = None
+
+    def on_epoch_end(self, run: StageRun, entry: dict[str, Any]) -> None:
+        if run.ending:
+            self.last = entry
+        else:
+            self.on_epoch(run.record, entry)
+
+    def on_stage_end(self, run: StageRun) -> None:
+        if self.last is not None:
+            self.on_epoch(run.record, self.last)
+            self.last = None
 
 
 def sanity_limit(n_outputs: int, multilabel: bool) -> float:
@@ -116,7 +243,8 @@ def split_metric(targets: np.ndarray, scores: np.ndarray, classes: list[str]) ->
 
 
 class Trainer:
-    """Runs stage plans on one network; owns the optimizer, scheduler, early stopping and checkpoints."""
+    """Runs stage plans on one network: optimizer, LR schedule and LR-sanity restarts here, the rest callbacks
+    (progress log, early stopping, checkpoints, ``on_epoch``)."""
 
     def __init__(
         self,
@@ -125,7 +253,7 @@ class Trainer:
         loaders: dict[str, DataLoader],
         loss: nn.Module,
         classes: list[str],
-        settings: FinetuneOptions,
+        options: FinetuneOptions,
         checkpoint: Path,
         *,
         fingerprint: str,
@@ -138,11 +266,12 @@ class Trainer:
         self.distributed = distributed or Distributed()
         self.classes = classes
         self.multilabel = multilabel
-        self.settings = settings
+        self.options = options
         self.head_trained = head_trained  # the head starts trained (searched head or probe warm start)
-        self.checkpoint = checkpoint
-        self.fingerprint = fingerprint
-        self.on_epoch = on_epoch
+        self.progress = ProgressLog(self.distributed.is_main)
+        tracker = EarlyStopping(options.patience)
+        self.checkpointer = Checkpointer(checkpoint, fingerprint, tracker, self.distributed.is_main)
+        self.callbacks = [self.progress, tracker, self.checkpointer, *([EpochHook(on_epoch)] if on_epoch else [])]
 
     def scores(self, loader: DataLoader) -> tuple[float, np.ndarray, np.ndarray]:
         """(mean loss, probabilities, targets) of the network in inference mode over ``loader``."""
@@ -162,7 +291,7 @@ class Trainer:
     def _param_groups(self, record: dict[str, Any], trainable: list[Unit]) -> list[dict[str, Any]]:
         """Head at ``lr_head``; backbone units at ``lr_backbone``, or decayed by ``layer_decay`` per unit downwards."""
         groups = [{"params": list(self.net.head.parameters()), "lr": record["lr_head"]}]
-        decay = self.settings.layer_decay
+        decay = self.options.layer_decay
         if decay is None and trainable:
             params = [
                 p for unit in trainable for m in unit.modules for p in self.net.body.get_submodule(m).parameters()
@@ -174,16 +303,17 @@ class Trainer:
                 groups.append({"params": params, "lr": record["lr_backbone"] * decay**depth})
         return groups
 
-    def _optimizer(self, record: dict[str, Any], trainable: list[Unit], epochs: int) -> tuple[Any, LambdaLR]:
-        optimizer = torch.optim.AdamW(self._param_groups(record, trainable), weight_decay=self.settings.weight_decay)
-        total = epochs * len(self.loaders["train"])
-        schedule = WarmupCosine(math.ceil(self.settings.warmup * total), total)
+    def _optimizer(self, run: StageRun) -> tuple[Any, LambdaLR]:
+        groups = self._param_groups(run.record, run.plan.trainable)
+        optimizer = torch.optim.AdamW(groups, weight_decay=self.options.weight_decay)
+        total = run.plan.epochs * len(self.loaders["train"])
+        schedule = WarmupCosine(math.ceil(self.options.warmup * total), total)
         return optimizer, LambdaLR(optimizer, schedule)
 
     def _train_epoch(self, optimizer: Any, scheduler: LambdaLR) -> tuple[float, float]:
         """(mean training loss, training metric); the loss is NaN as soon as a batch's loss is not finite."""
         self.net.train()
-        if self.settings.bn_stats == "frozen":
+        if self.options.bn_stats == "frozen":
             hold_statistics(self.net.body)
         net = self.distributed.training_module(self.net, self.loaders["train"])  # DDP under torchrun
         total, count, probabilities, targets = 0.0, 0, [], []
@@ -214,16 +344,16 @@ class Trainer:
         backbone 1e-4) into +1 validation and +4 test images (both 1e-4).
         """
         trainable = {unit.name for unit in plan.trainable}
-        lr_backbone = self.settings.lr * self.settings.backbone_lr_ratio if plan.trainable else None
+        lr_backbone = self.options.lr * self.options.backbone_lr_ratio if plan.trainable else None
         return {
             "name": plan.name,
             "frozen_blocks": [u.name for u in self.units if u.name not in trainable],
             "trainable_blocks": [u.name for u in reversed(self.units) if u.name in trainable],
-            "bn_policy": BN_POLICY[self.settings.bn_stats],
+            "bn_policy": BN_POLICY[self.options.bn_stats],
             "world_size": self.distributed.world_size,  # data-parallel processes; effective batch = N × batch size
-            "lr_head": lr_backbone if lr_backbone is not None and head_trained else self.settings.lr,
+            "lr_head": lr_backbone if lr_backbone is not None and head_trained else self.options.lr,
             "lr_backbone": lr_backbone,
-            "layer_decay": self.settings.layer_decay,
+            "layer_decay": self.options.layer_decay,
             "start_val_metric": None,
             "best_epoch": 0,
             "stop_reason": None,
@@ -237,7 +367,7 @@ class Trainer:
         first = 0
         if resume is not None:
             tensors, meta = resume
-            if meta["fingerprint"] != self.fingerprint:
+            if meta["fingerprint"] != self.checkpointer.fingerprint:
                 raise TransferlabError("cannot resume: the checkpoint was made with other data, model or options")
             records = meta["records"][:-1] if not meta["done"] else meta["records"]
             first = meta["stage"] + (1 if meta["done"] else 0)
@@ -247,54 +377,46 @@ class Trainer:
                 set_rng_state(tensors, meta["rng"])
                 resume = None
         for index in range(first, len(plans)):
-            records.append(self._stage(index, plans[index], records, resume))
+            self._stage(StageRun(index, plans[index], self.net, records, resume))  # appends the stage's record
             resume = None
         return records
 
-    def _stage(self, index: int, plan: StagePlan, done: list, resume: tuple | None) -> dict[str, Any]:
-        set_trainable(self.net.body, self.units, plan.trainable)
-        tracker = EarlyStopping(self.settings.patience)
-        if resume is None:
-            record = self._new_record(plan, head_trained=self.head_trained or bool(done))
-            record["start_val_metric"] = self._validate()[1]
-            tracker.update(record["start_val_metric"], 0, self.net)
-            if self.settings.bn_stats == "batch":
-                recalibrate(self.net, self.net.body, plan.trainable, self.loaders["train"])
-            optimizer, scheduler = self._optimizer(record, plan.trainable, plan.epochs)
-            start_weights = {name: tensor.clone() for name, tensor in self.net.state_dict().items()}
-            start_state: tuple | None = (start_weights, *rng_state())
-            epoch = 1
+    def _stage(self, run: StageRun) -> None:
+        set_trainable(self.net.body, self.units, run.plan.trainable)
+        start_state: tuple | None = None
+        if run.resume is None:
+            run.records.append(self._new_record(run.plan, head_trained=self.head_trained or bool(run.records)))
+            run.record["start_val_metric"] = self._validate()[1]
         else:
-            tensors, meta = resume
-            self.net.load_state_dict(unprefixed("model", tensors))
-            record = meta["records"][-1]
-            optimizer, scheduler = self._optimizer(record, plan.trainable, plan.epochs)
-            load_optimizer(optimizer, tensors, meta["optimizer"])
-            scheduler.load_state_dict(meta["scheduler"])
-            tracker.load(meta["tracker"], unprefixed("best", tensors))
-            set_rng_state(tensors, meta["rng"])
-            start_state, epoch = None, meta["epoch"] + 1
-        limit = sanity_limit(len(self.classes), self.multilabel)
-        last_entry = None
-        while epoch <= plan.epochs:
+            run.records.append(run.resume[1]["records"][-1])
+            run.epoch = run.resume[1]["epoch"] + 1
+        run.optimizer, run.scheduler = self._optimizer(run)
+        self._callback("on_stage_start", run)
+        if run.resume is None:
+            if self.options.bn_stats == "batch":
+                recalibrate(self.net, self.net.body, run.plan.trainable, self.loaders["train"])
+            start_weights = {name: tensor.clone() for name, tensor in self.net.state_dict().items()}
+            start_state = (start_weights, *rng_state())
+        record, limit = run.record, sanity_limit(len(self.classes), self.multilabel)
+        while run.epoch <= run.plan.epochs:
             started = time.perf_counter()
-            lr = optimizer.param_groups[0]["lr"]
-            train_loss, train_metric = self._train_epoch(optimizer, scheduler)
-            if epoch == 1 and not train_loss <= limit and start_state is not None:
-                if len(record["restarts"]) < self.settings.max_restarts:
+            lr = run.optimizer.param_groups[0]["lr"]
+            train_loss, train_metric = self._train_epoch(run.optimizer, run.scheduler)
+            if run.epoch == 1 and not train_loss <= limit and start_state is not None:
+                if len(record["restarts"]) < self.options.max_restarts:
                     self._restart(record, train_loss, limit, start_state)
-                    optimizer, scheduler = self._optimizer(record, plan.trainable, plan.epochs)
+                    run.optimizer, run.scheduler = self._optimizer(run)
                     continue
-                self._say(
-                    f"{plan.name}: first-epoch loss still {train_loss:.3g} > {limit:.3g} after "
+                self.progress.say(
+                    f"{run.plan.name}: first-epoch loss still {train_loss:.3g} > {limit:.3g} after "
                     f"{len(record['restarts'])} restarts; continuing (the best epoch by validation is kept)"
                 )
             if not math.isfinite(train_loss):
-                record["stop_reason"] = "diverged (non-finite training loss)"
+                run.stop = "diverged (non-finite training loss)"
                 break
             val_loss, val_metric = self._validate()
             entry = {
-                "epoch": epoch,
+                "epoch": run.epoch,
                 "train_loss": train_loss,
                 "val_loss": val_loss,
                 "train_metric": train_metric,
@@ -303,26 +425,16 @@ class Trainer:
                 "seconds": time.perf_counter() - started,
             }
             record["history"].append(entry)
-            self._say(
-                f"{plan.name} epoch {epoch}: train loss {train_loss:.4f}, val loss {val_loss:.4f}, "
-                f"val metric {val_metric:.4f}"
-            )
-            stop = tracker.update(val_metric, epoch, self.net)
-            if stop or epoch == plan.epochs:
-                last_entry = entry
-                record["stop_reason"] = f"early stopping (patience {self.settings.patience})" if stop else "max epochs"
+            self._callback("on_epoch_end", run, entry)
+            if run.ending:
                 break
-            self._save(index, epoch, [*done, record], tracker, optimizer, scheduler)
-            self._notify(record, entry)
-            epoch += 1
-        record["stop_reason"] = record["stop_reason"] or "max epochs"
-        tracker.restore(self.net)
-        record["best_epoch"] = tracker.best_epoch
-        record["best_val_metric"] = tracker.best_metric
-        self._save(index, epoch, [*done, record], None, None, None)
-        if last_entry is not None:
-            self._notify(record, last_entry)
-        return record
+            run.epoch += 1
+        record["stop_reason"] = run.stop or "max epochs"
+        self._callback("on_stage_end", run)
+
+    def _callback(self, hook: str, *args: Any) -> None:
+        for callback in self.callbacks:
+            getattr(callback, hook)(*args)
 
     def _validate(self) -> tuple[float, float]:
         loss, probabilities, targets = self.scores(self.loaders["val"])
@@ -344,41 +456,4 @@ class Trainer:
         record["restarts"].append(
             {"epoch": 1, "loss": finite, "old_lr": old, "new_lr": record["lr_head"], "reason": reason}
         )
-        self._say(f"{record['name']}: {reason}; restarting the stage at lr {record['lr_head']:.3g}")
-
-    def _say(self, message: str) -> None:
-        if self.distributed.is_main:  # one voice under torchrun
-            log.info(message)
-
-    def _notify(self, record: dict[str, Any], entry: dict[str, Any]) -> None:
-        if self.on_epoch is not None:
-            self.on_epoch(record, entry)
-
-    def _save(
-        self,
-        stage: int,
-        epoch: int,
-        records: list[dict[str, Any]],
-        tracker: EarlyStopping | None,
-        optimizer: Any,
-        scheduler: LambdaLR | None,
-    ) -> None:
-        """Checkpoint after an epoch (``tracker`` given: stage continues) or at the end of a stage (``None``)."""
-        if not self.distributed.is_main:  # one writer under torchrun
-            return
-        tensors, rng_meta = rng_state()
-        tensors |= prefixed("model", self.net.state_dict())
-        meta: dict[str, Any] = {
-            "fingerprint": self.fingerprint,
-            "stage": stage,
-            "epoch": epoch,
-            "done": tracker is None,
-            "records": records,
-            "rng": rng_meta,
-        }
-        if tracker is not None:
-            optimizer_state, meta["optimizer"] = optimizer_tensors(optimizer)
-            tensors |= optimizer_state | prefixed("best", tracker.best_state)
-            meta["tracker"] = tracker.state()
-            meta["scheduler"] = scheduler.state_dict()
-        save_checkpoint(self.checkpoint, tensors, meta)
+        self.progress.say(f"{record['name']}: {reason}; restarting the stage at lr {record['lr_head']:.3g}")
