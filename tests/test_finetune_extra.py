@@ -149,8 +149,9 @@ def test_cached_boundary_views_and_upper_training(prepared, tmp_path: Path) -> N
     units = freeze_units(net.body)
     plans = [StagePlan("top:2", parse_unfreeze("top:2", units), 2)]
     loaders = _loaders(prepared)
+    views = FinetuneOptions(cache_views=2, balance="none", seed=0)
     upper_net, cached, stores = cached_boundary(
-        net, units, plans, loaders, views=2, image_size=TINY_SIZE, balance="none", seed=0, memory_budget=1 << 30
+        net, units, plans, loaders, views, image_size=TINY_SIZE, memory_budget=1 << 30
     )
     train_store = stores[0]
     assert train_store.views == 2 and train_store.n == len(loaders["train"].dataset)

@@ -17,8 +17,8 @@ from transferlab.finetune import FinetuneOptions, finetune, freeze_units
 from transferlab.finetune.augment import PRESETS, training_transform
 from transferlab.finetune.checkpoint import load_checkpoint, unprefixed
 from transferlab.finetune.data import LabelledImages, training_loader
-from transferlab.finetune.run import CHECKPOINT
 from transferlab.prepare import prepare
+from transferlab.record import layout
 
 
 @pytest.fixture
@@ -46,7 +46,8 @@ def test_layer_decay_shrinks_each_lower_units_step(prepared, tmp_path: Path) -> 
 
     def after_epoch(stage: dict, entry: dict) -> None:  # the epoch-1 weights, before restore-best may undo them
         if entry["epoch"] == 1:
-            trained.update(unprefixed("body", unprefixed("model", load_checkpoint(tmp_path / "run" / CHECKPOINT)[0])))
+            checkpoint = load_checkpoint(tmp_path / "run" / layout.FINETUNE_CHECKPOINT)[0]
+            trained.update(unprefixed("body", unprefixed("model", checkpoint)))
 
     outcome = finetune(prepared, tmp_path / "run", options, on_epoch=after_epoch)
     top, second = reversed(freeze_units(outcome.model.body)[-2:])

@@ -14,17 +14,15 @@ Lower-level pieces:
     freeze_units(timm_model) -> list[Unit]       # bottom→top: 'conv_stem+bn1', 'blocks.S.I'..., 'conv_head+bn2'
     parse_unfreeze(spec, units) -> list[Unit]    # 'none' | 'all' | 'top:K' | 'blocks.6.0,conv_head+bn2' (top first)
     set_trainable(model, units, trainable)       # others frozen, their BN → FrozenBatchNorm2d
-    BN_POLICY[bn_stats]                          # recorded text; bn_stats 'frozen' (default): trainable units keep
-                                                 # stored BN statistics (hold_statistics after .train()); 'batch':
-                                                 # batch statistics, recalibrate() on the train set at stage start
+    BN_POLICY[bn_stats]                          # recorded text of the BatchNorm policy, 'frozen' | 'batch'
     build_network(backbone.model, cut_point, head_spec, n_outputs, image_size) -> FinetuneNet (a copy)
     init_from_probe(net, probe.model, n_outputs) # LP-FT: fold a logistic-regression probe into the head
-    Trainer(net, units, loaders, loss, classes, FinetuneOptions, checkpoint, fingerprint=, multilabel=, on_epoch)
+    Trainer(net, units, loaders, loss, classes, FinetuneOptions, checkpoint, fingerprint=, multilabel=, on_epoch=)
         .run(list[StagePlan], resume=load_checkpoint(path) | None) -> list[stage record]
         .scores(loader) -> (mean loss, probabilities, targets)
+        .callbacks: EarlyStopping, Checkpointer, Progress(on_epoch)   # engine.Callback: on_stage_start, ...end
     plan_stages(units, target_units, options) -> list[StagePlan]
     depth_search.search_unfreeze(prepared, run_dir, options, trials=6, fraction=0.5) -> (options', record)
-        # Optuna over top:K and LR on half the train split; writes finetune_search.json
     training_transform(eval_transform, preset), save_preview(...)   # presets: basic|randaugment|trivialaugment|none
     LabelledImages, training_loader, evaluation_loader, loss_function (balance: none|weights|sampler)
 """

@@ -28,6 +28,7 @@ from transferlab.finetune.blocks import Unit
 from transferlab.finetune.data import evaluation_loader, training_loader
 from transferlab.finetune.engine import StagePlan
 from transferlab.finetune.network import FinetuneNet
+from transferlab.finetune.options import FinetuneOptions
 
 DEFAULT_MEMORY_BUDGET = 512 * 2**20
 """Stores larger than this (bytes, fp16) go to a memory-mapped file in the run directory instead of RAM."""
@@ -213,21 +214,19 @@ def cached_boundary(
     units: list[Unit],
     plans: list[StagePlan],
     loaders: dict[str, DataLoader],
+    options: FinetuneOptions,
     *,
-    views: int,
     image_size: int,
-    balance: str,
-    seed: int,
     directory: Path | None = None,
     memory_budget: int = DEFAULT_MEMORY_BUDGET,
 ) -> tuple[BoundaryNet, dict[str, DataLoader], list[ActivationStore]]:
     """Cache activations below every stage's trainable units; return the upper-part net and loaders over them.
 
-    Training uses ``views`` augmented views per image (the train loader's transform); val/test one plain view.
-    The frozen lower part runs in inference mode, which for frozen units is exactly what training would do.
+    Training uses ``options.cache_views`` augmented views per image (the train loader's transform); val/test one
+    plain view. The frozen lower part runs in inference mode, which for frozen units is exactly what training would do.
     """
-    if views < 1:
-        raise TransferlabError(f"--cache-views must be at least 1, got {views}")
+    if options.cache_views < 1:
+        raise TransferlabError(f"--cache-views must be at least 1, got {options.cache_views}")
     lowest = lowest_trainable(units, plans)
     lower, upper = split_chain(feature_chain(net, image_size), None if lowest is None else lowest.modules[0])
     was_training = net.training
@@ -237,8 +236,8 @@ def cached_boundary(
             split: cache_activations(
                 lambda images: run_chain(net.body, lower, images),
                 DataLoader(loader.dataset, batch_size=loader.batch_size or 32, num_workers=loader.num_workers),
-                views if split == "train" else 1,
-                seed=seed,
+                options.cache_views if split == "train" else 1,
+                seed=options.seed,
                 directory=directory,
                 memory_budget=memory_budget,
             )
@@ -250,7 +249,7 @@ def cached_boundary(
     batch_size = loaders["train"].batch_size or 32
     cached = {split: CachedActivations(store, loaders[split].dataset.targets) for split, store in stores.items()}
     new_loaders = {
-        split: training_loader(dataset, batch_size, balance, 0)
+        split: training_loader(dataset, batch_size, options.balance, 0)
         if split == "train"
         else evaluation_loader(dataset, batch_size, 0)
         for split, dataset in cached.items()

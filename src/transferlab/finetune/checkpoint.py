@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import random
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -20,6 +20,9 @@ from safetensors.torch import save
 
 from transferlab.errors import TransferlabError
 from transferlab.fileio import atomic_write_bytes
+
+if TYPE_CHECKING:
+    from transferlab.finetune.engine import EarlyStopping, StageRun
 
 
 def optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -91,3 +94,49 @@ def prefixed(prefix: str, tensors: dict[str, torch.Tensor]) -> dict[str, torch.T
 def unprefixed(prefix: str, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     start = len(prefix) + 1
     return {name[start:]: tensor for name, tensor in tensors.items() if name.startswith(prefix + ".")}
+
+
+class Checkpointer:
+    """A :class:`~transferlab.finetune.engine.Callback`: an atomic checkpoint after every epoch that does not end its
+    stage (with optimizer, scheduler, RNG and early-stopping state: a stage resumes from it bit-for-bit) and at each
+    stage's end; rank 0 writes."""
+
+    def __init__(self, path: Path, fingerprint: str, tracker: EarlyStopping, writer: bool) -> None:
+        self.path, self.fingerprint, self.tracker, self.writer = path, fingerprint, tracker, writer
+
+    def on_stage_start(self, run: StageRun) -> None:
+        if run.resume is not None:
+            tensors, meta = run.resume
+            run.net.load_state_dict(unprefixed("model", tensors))
+            self.tracker.reset(**meta["tracker"])
+            self.tracker.best_state = unprefixed("best", tensors)
+            load_optimizer(run.optimizer, tensors, meta["optimizer"])
+            run.scheduler.load_state_dict(meta["scheduler"])
+            set_rng_state(tensors, meta["rng"])
+
+    def on_epoch_end(self, run: StageRun, entry: dict[str, Any]) -> None:
+        if not run.ending:
+            self._save(run, done=False)
+
+    def on_stage_end(self, run: StageRun) -> None:
+        self._save(run, done=True)
+
+    def _save(self, run: StageRun, done: bool) -> None:
+        if not self.writer:
+            return
+        tensors, rng_meta = rng_state()
+        tensors |= prefixed("model", run.net.state_dict())
+        meta: dict[str, Any] = {
+            "fingerprint": self.fingerprint,
+            "stage": run.index,
+            "epoch": run.epoch,
+            "done": done,
+            "records": run.records,
+            "rng": rng_meta,
+        }
+        if not done:
+            optimizer_state, meta["optimizer"] = optimizer_tensors(run.optimizer)
+            tensors |= optimizer_state | prefixed("best", self.tracker.best_state)
+            meta["tracker"] = {key: getattr(self.tracker, key) for key in ("best_metric", "best_epoch", "bad_epochs")}
+            meta["scheduler"] = run.scheduler.state_dict()
+        save_checkpoint(self.path, tensors, meta)

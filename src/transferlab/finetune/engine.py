@@ -1,8 +1,8 @@
-"""The training loop of one fine-tuning stage: AdamW, warm-up + cosine LR, LR sanity restart, early stopping.
+"""The training loop of one fine-tuning stage (AdamW, warm-up + cosine LR, LR sanity restart) and its callbacks.
 
 Each stage trains a fixed set of units (plus the head) with their BatchNorm policy applied, then restores its best
-epoch by validation metric (epoch 0 = the weights it started from, so a stage can never make the model worse on
-validation). Every epoch ends with an atomic checkpoint from which :meth:`Trainer.run` resumes bit-for-bit.
+epoch by validation metric (:class:`EarlyStopping`; epoch 0 = its starting weights, so a stage never makes the model
+worse on validation). Every epoch ends with an atomic checkpoint (``checkpoint.Checkpointer``) to resume from.
 """
 
 from __future__ import annotations
@@ -24,15 +24,7 @@ from torch.utils.data import DataLoader
 from transferlab.errors import TransferlabError
 from transferlab.finetune.batchnorm import BN_POLICY, hold_statistics, recalibrate, set_trainable
 from transferlab.finetune.blocks import Unit
-from transferlab.finetune.checkpoint import (
-    load_optimizer,
-    optimizer_tensors,
-    prefixed,
-    rng_state,
-    save_checkpoint,
-    set_rng_state,
-    unprefixed,
-)
+from transferlab.finetune.checkpoint import Checkpointer, rng_state, set_rng_state, unprefixed
 from transferlab.finetune.distributed import Distributed
 from transferlab.finetune.network import FinetuneNet
 from transferlab.finetune.options import FinetuneOptions
@@ -72,7 +64,7 @@ class WarmupCosine:
 
 @dataclass
 class StageRun:
-    """A stage in progress, as the callbacks see it; ``records`` ends with this stage's own record."""
+    """A stage in progress, as the callbacks see it; ``records`` (all stages') ends with this stage's own record."""
 
     index: int
     plan: StagePlan
@@ -95,23 +87,23 @@ class StageRun:
 
 
 class Callback:
-    """What the Trainer calls, in list order (a later callback sees what an earlier one decided); no-ops here."""
+    """Trainer hooks, called in list order (a later callback sees what an earlier one decided). ``on_stage_start``:
+    the optimizer is made and the start validated (or the stage resumed); ``on_epoch_end``: an epoch is validated,
+    ``entry`` already in ``run.record["history"]``; ``on_stage_end``: ``run.record["stop_reason"]`` is set."""
 
-    def on_stage_start(self, run: StageRun) -> None:
-        """After the optimizer is made (and the start validated, unless resumed), before the first step."""
+    def on_stage_start(self, run: StageRun) -> None: ...
 
-    def on_epoch_end(self, run: StageRun, entry: dict[str, Any]) -> None:
-        """After an epoch's validation; ``entry`` is already in ``run.record["history"]``."""
+    def on_epoch_end(self, run: StageRun, entry: dict[str, Any]) -> None: ...
 
-    def on_stage_end(self, run: StageRun) -> None:
-        """After the last epoch, ``run.record["stop_reason"]`` set."""
+    def on_stage_end(self, run: StageRun) -> None: ...
 
 
-class ProgressLog(Callback):
-    """One line per epoch (and whatever the Trainer says), from rank 0 only under torchrun."""
+class Progress(Callback):
+    """Rank 0 only: a log line per epoch (the Trainer's own through :meth:`say`), then ``on_epoch(stage_record,
+    history_entry)`` once the epoch's checkpoint is on disk (a stage's last: at its end); after the Checkpointer."""
 
-    def __init__(self, main: bool) -> None:
-        self.main = main
+    def __init__(self, main: bool, on_epoch: Callable[[dict[str, Any], dict[str, Any]], None] | None) -> None:
+        self.main, self.on_epoch = main, on_epoch if main else None
 
     def say(self, message: str) -> None:
         if self.main:
@@ -122,6 +114,13 @@ class ProgressLog(Callback):
             f"{run.plan.name} epoch {run.epoch}: train loss {entry['train_loss']:.4f}, "
             f"val loss {entry['val_loss']:.4f}, val metric {entry['val_metric']:.4f}"
         )
+        if self.on_epoch is not None and not run.ending:
+            self.on_epoch(run.record, entry)
+
+    def on_stage_end(self, run: StageRun) -> None:
+        history = run.record["history"]
+        if self.on_epoch is not None and history and history[-1]["epoch"] == run.epoch:  # not ended by diverging
+            self.on_epoch(run.record, history[-1])
 
 
 class EarlyStopping(Callback):
@@ -132,9 +131,9 @@ class EarlyStopping(Callback):
         self.patience = patience
         self.reset()
 
-    def reset(self, best_metric: float = -math.inf, best_epoch: int = 0, bad_epochs: int = 0, best_state=None) -> None:
+    def reset(self, best_metric: float = -math.inf, best_epoch: int = 0, bad_epochs: int = 0) -> None:
         self.best_metric, self.best_epoch, self.bad_epochs = best_metric, best_epoch, bad_epochs
-        self.best_state: dict[str, torch.Tensor] = best_state or {}
+        self.best_state: dict[str, torch.Tensor] = {}
 
     def update(self, metric: float, epoch: int, net: nn.Module) -> bool:
         """Record one epoch's validation metric; True when training should stop."""
@@ -148,14 +147,8 @@ class EarlyStopping(Callback):
     def restore(self, net: nn.Module) -> None:
         net.load_state_dict(self.best_state)
 
-    def state(self) -> dict[str, Any]:
-        return {"best_metric": self.best_metric, "best_epoch": self.best_epoch, "bad_epochs": self.bad_epochs}
-
     def on_stage_start(self, run: StageRun) -> None:
-        if run.resume is not None:
-            tensors, meta = run.resume
-            self.reset(**meta["tracker"], best_state=unprefixed("best", tensors))
-        else:
+        if run.resume is None:  # (a resumed stage's state comes from the checkpoint)
             self.reset()
             self.update(run.record["start_val_metric"], 0, run.net)
 
@@ -166,69 +159,6 @@ class EarlyStopping(Callback):
     def on_stage_end(self, run: StageRun) -> None:
         self.restore(run.net)
         run.record["best_epoch"], run.record["best_val_metric"] = self.best_epoch, self.best_metric
-
-
-class Checkpointer(Callback):
-    """An atomic checkpoint after every epoch that does not end its stage (with optimizer, scheduler, RNG and
-    early-stopping state, so a stage resumes from it bit-for-bit) and at each stage's end; rank 0 writes."""
-
-    def __init__(self, path: Path, fingerprint: str, tracker: EarlyStopping, writer: bool) -> None:
-        self.path, self.fingerprint, self.tracker, self.writer = path, fingerprint, tracker, writer
-
-    def on_stage_start(self, run: StageRun) -> None:
-        if run.resume is not None:
-            tensors, meta = run.resume
-            run.net.load_state_dict(unprefixed("model", tensors))
-            load_optimizer(run.optimizer, tensors, meta["optimizer"])
-            run.scheduler.load_state_dict(meta["scheduler"])
-            set_rng_state(tensors, meta["rng"])
-
-    def on_epoch_end(self, run: StageRun, entry: dict[str, Any]) -> None:
-        if not run.ending:
-            self._save(run, done=False)
-
-    def on_stage_end(self, run: StageRun) -> None:
-        self._save(run, done=True)
-
-    def _save(self, run: StageRun, done: bool) -> None:
-        if not self.writer:
-            return
-        tensors, rng_meta = rng_state()
-        tensors |= prefixed("model", run.net.state_dict())
-        meta: dict[str, Any] = {
-            "fingerprint": self.fingerprint,
-            "stage": run.index,
-            "epoch": run.epoch,
-            "done": done,
-            "records": run.records,
-            "rng": rng_meta,
-        }
-        if not done:
-            optimizer_state, meta["optimizer"] = optimizer_tensors(run.optimizer)
-            tensors |= optimizer_state | prefixed("best", self.tracker.best_state)
-            meta["tracker"] = self.tracker.state()
-            meta["scheduler"] = run.scheduler.state_dict()
-        save_checkpoint(self.path, tensors, meta)
-
-
-class EpochHook(Callback):
-    """``on_epoch(stage_record, history_entry)`` once the epoch's checkpoint is on disk (for a stage's last epoch:
-    after the stage's end)."""
-
-    def __init__(self, on_epoch: Callable[[dict[str, Any], dict[str, Any]], None]) -> None:
-        self.on_epoch = on_epoch
-        self.last: dict[str, Any] | None = None
-
-    def on_epoch_end(self, run: StageRun, entry: dict[str, Any]) -> None:
-        if run.ending:
-            self.last = entry
-        else:
-            self.on_epoch(run.record, entry)
-
-    def on_stage_end(self, run: StageRun) -> None:
-        if self.last is not None:
-            self.on_epoch(run.record, self.last)
-            self.last = None
 
 
 def sanity_limit(n_outputs: int, multilabel: bool) -> float:
@@ -264,14 +194,12 @@ class Trainer:
     ) -> None:
         self.net, self.units, self.loaders, self.loss = net, units, loaders, loss
         self.distributed = distributed or Distributed()
-        self.classes = classes
-        self.multilabel = multilabel
-        self.options = options
+        self.classes, self.multilabel, self.options = classes, multilabel, options
         self.head_trained = head_trained  # the head starts trained (searched head or probe warm start)
-        self.progress = ProgressLog(self.distributed.is_main)
         tracker = EarlyStopping(options.patience)
         self.checkpointer = Checkpointer(checkpoint, fingerprint, tracker, self.distributed.is_main)
-        self.callbacks = [self.progress, tracker, self.checkpointer, *([EpochHook(on_epoch)] if on_epoch else [])]
+        self.progress = Progress(self.distributed.is_main, on_epoch)
+        self.callbacks = [tracker, self.checkpointer, self.progress]
 
     def scores(self, loader: DataLoader) -> tuple[float, np.ndarray, np.ndarray]:
         """(mean loss, probabilities, targets) of the network in inference mode over ``loader``."""
@@ -291,16 +219,12 @@ class Trainer:
     def _param_groups(self, record: dict[str, Any], trainable: list[Unit]) -> list[dict[str, Any]]:
         """Head at ``lr_head``; backbone units at ``lr_backbone``, or decayed by ``layer_decay`` per unit downwards."""
         groups = [{"params": list(self.net.head.parameters()), "lr": record["lr_head"]}]
+        units = [[p for m in unit.modules for p in self.net.body.get_submodule(m).parameters()] for unit in trainable]
         decay = self.options.layer_decay
         if decay is None and trainable:
-            params = [
-                p for unit in trainable for m in unit.modules for p in self.net.body.get_submodule(m).parameters()
-            ]
-            groups.append({"params": params, "lr": record["lr_backbone"]})
+            groups.append({"params": [p for params in units for p in params], "lr": record["lr_backbone"]})
         elif trainable:
-            for depth, unit in enumerate(trainable):
-                params = [p for m in unit.modules for p in self.net.body.get_submodule(m).parameters()]
-                groups.append({"params": params, "lr": record["lr_backbone"] * decay**depth})
+            groups += [{"params": params, "lr": record["lr_backbone"] * decay**d} for d, params in enumerate(units)]
         return groups
 
     def _optimizer(self, run: StageRun) -> tuple[Any, LambdaLR]:
@@ -363,40 +287,33 @@ class Trainer:
 
     def run(self, plans: list[StagePlan], resume: tuple[dict[str, torch.Tensor], dict[str, Any]] | None) -> list:
         """Train every stage in order (continuing from ``resume``, a loaded checkpoint) and return their records."""
-        records: list[dict[str, Any]] = []
-        first = 0
+        records, first, epoch = [], 0, 1
         if resume is not None:
             tensors, meta = resume
             if meta["fingerprint"] != self.checkpointer.fingerprint:
                 raise TransferlabError("cannot resume: the checkpoint was made with other data, model or options")
-            records = meta["records"][:-1] if not meta["done"] else meta["records"]
-            first = meta["stage"] + (1 if meta["done"] else 0)
+            records, first, epoch = meta["records"], meta["stage"], meta["epoch"] + 1  # (the stage's record last)
             if meta["done"]:
                 set_trainable(self.net.body, self.units, plans[meta["stage"]].trainable)
                 self.net.load_state_dict(unprefixed("model", tensors))
                 set_rng_state(tensors, meta["rng"])
-                resume = None
+                first, epoch, resume = first + 1, 1, None
         for index in range(first, len(plans)):
-            self._stage(StageRun(index, plans[index], self.net, records, resume))  # appends the stage's record
-            resume = None
+            self._stage(StageRun(index, plans[index], self.net, records, resume, epoch=epoch))
+            epoch, resume = 1, None
         return records
 
     def _stage(self, run: StageRun) -> None:
         set_trainable(self.net.body, self.units, run.plan.trainable)
-        start_state: tuple | None = None
-        if run.resume is None:
+        if run.resume is None:  # (a resumed stage's record is already the last of ``run.records``)
             run.records.append(self._new_record(run.plan, head_trained=self.head_trained or bool(run.records)))
             run.record["start_val_metric"] = self._validate()[1]
-        else:
-            run.records.append(run.resume[1]["records"][-1])
-            run.epoch = run.resume[1]["epoch"] + 1
         run.optimizer, run.scheduler = self._optimizer(run)
         self._callback("on_stage_start", run)
-        if run.resume is None:
-            if self.options.bn_stats == "batch":
-                recalibrate(self.net, self.net.body, run.plan.trainable, self.loaders["train"])
-            start_weights = {name: tensor.clone() for name, tensor in self.net.state_dict().items()}
-            start_state = (start_weights, *rng_state())
+        if run.resume is None and self.options.bn_stats == "batch":
+            recalibrate(self.net, self.net.body, run.plan.trainable, self.loaders["train"])
+        # what an LR-sanity restart goes back to (a resumed stage is past its first epoch)
+        start_state = None if run.resume else ({k: v.clone() for k, v in self.net.state_dict().items()}, *rng_state())
         record, limit = run.record, sanity_limit(len(self.classes), self.multilabel)
         while run.epoch <= run.plan.epochs:
             started = time.perf_counter()
@@ -404,8 +321,7 @@ class Trainer:
             train_loss, train_metric = self._train_epoch(run.optimizer, run.scheduler)
             if run.epoch == 1 and not train_loss <= limit and start_state is not None:
                 if len(record["restarts"]) < self.options.max_restarts:
-                    self._restart(record, train_loss, limit, start_state)
-                    run.optimizer, run.scheduler = self._optimizer(run)
+                    self._restart(run, train_loss, limit, start_state)
                     continue
                 self.progress.say(
                     f"{run.plan.name}: first-epoch loss still {train_loss:.3g} > {limit:.3g} after "
@@ -440,20 +356,20 @@ class Trainer:
         loss, probabilities, targets = self.scores(self.loaders["val"])
         return loss, split_metric(targets, probabilities, self.classes)
 
-    def _restart(self, record: dict[str, Any], loss: float, limit: float, start_state: tuple) -> None:
-        """Back to the stage's starting weights and RNG, every learning rate divided by 10, and say so."""
-        weights, tensors, meta = start_state
+    def _restart(self, run: StageRun, loss: float, limit: float, start_state: tuple) -> None:
+        """Back to the stage's starting weights and RNG, every learning rate divided by 10 (a new optimizer), and
+        say so."""
+        record, (weights, tensors, meta) = run.record, start_state
         self.net.load_state_dict(weights)
         set_rng_state(tensors, meta)
         old = record["lr_head"]
         record["lr_head"] *= RESTART_LR_FACTOR
         if record["lr_backbone"] is not None:
             record["lr_backbone"] *= RESTART_LR_FACTOR
-        reason = (
-            "non-finite loss" if not math.isfinite(loss) else f"first-epoch loss {loss:.3g} > 1.5·log(C) = {limit:.3g}"
-        )
-        finite = loss if math.isfinite(loss) else None
+        finite = math.isfinite(loss)
+        reason = f"first-epoch loss {loss:.3g} > 1.5·log(C) = {limit:.3g}" if finite else "non-finite loss"
         record["restarts"].append(
-            {"epoch": 1, "loss": finite, "old_lr": old, "new_lr": record["lr_head"], "reason": reason}
+            {"epoch": 1, "loss": loss if finite else None, "old_lr": old, "new_lr": record["lr_head"], "reason": reason}
         )
         self.progress.say(f"{record['name']}: {reason}; restarting the stage at lr {record['lr_head']:.3g}")
+        run.optimizer, run.scheduler = self._optimizer(run)

@@ -31,8 +31,8 @@ from transferlab.finetune.distributed import Distributed, from_environment
 from transferlab.finetune.engine import StagePlan, Trainer
 from transferlab.finetune.network import FinetuneNet, init_from_probe, is_linear_head
 from transferlab.finetune.options import FinetuneOptions
-from transferlab.finetune.setup import build_setup
-from transferlab.heads import Head, HeadSpec
+from transferlab.finetune.setup import FinetuneSetup, build_setup
+from transferlab.heads import Head
 from transferlab.metrics import classification_metrics, headline, tune_thresholds
 from transferlab.model.network import saved_state
 from transferlab.probe import fit_probe
@@ -44,7 +44,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT = layout.FINETUNE_CHECKPOINT
 HEAD_EPOCHS = 3
 PREVIEW_IMAGES = 4
 
@@ -128,51 +127,34 @@ def finetune(
     """
     started = time.perf_counter()
     distributed = distributed or from_environment()
-    if not distributed.is_main:
-        on_epoch = None
     run_dir = Path(run_dir)
-    dataset, classes = prepared.dataset, prepared.dataset.classes
     setup = build_setup(prepared, options)
-    net, units, loaders, data_config, spec = setup.net, setup.units, setup.loaders, setup.data_config, setup.spec
-    head_source = _warm_start(net, prepared, options, spec, data_config, probe, head_init, distributed.is_main)
-    lp_init = head_source == "probe"
+    net, units, loaders, paths = setup.net, setup.units, setup.loaders, setup.paths
+    head_source = _warm_start(setup, prepared, options, probe, head_init, distributed.is_main)
     plans = plan_stages(units, parse_unfreeze(options.unfreeze, units), options, head_source != "random")
-    paths = setup.paths
     if not len(paths["train"]) or not len(paths["val"]):
         raise TransferlabError("fine-tuning needs training and validation images (check --val-fraction)")
     if distributed.is_main:
-        save_preview(
-            run_dir / layout.AUGMENTATION_PREVIEW,
-            paths["train"][:PREVIEW_IMAGES],
-            setup.train_transform,
-            data_config["mean"],
-            data_config["std"],
-        )
+        mean, std = setup.data_config["mean"], setup.data_config["std"]
+        preview = run_dir / layout.AUGMENTATION_PREVIEW
+        save_preview(preview, paths["train"][:PREVIEW_IMAGES], setup.train_transform, mean, std)
 
-    checkpoint = run_dir / CHECKPOINT
+    checkpoint = run_dir / layout.FINETUNE_CHECKPOINT
     train_net, train_loaders, stores = net, loaders, []
     if options.cache_views:  # train the upper part on cached boundary activations (finetune/boundary.py)
         train_net, train_loaders, stores = cached_boundary(
-            net,
-            units,
-            plans,
-            loaders,
-            views=options.cache_views,
-            image_size=data_config["input_size"][-1],
-            balance=options.balance,
-            seed=options.seed,
-            directory=run_dir,
+            net, units, plans, loaders, options, image_size=setup.data_config["input_size"][-1], directory=run_dir
         )
     trainer = Trainer(
         train_net,
         units,
         {**train_loaders, "train": distributed.shard(train_loaders["train"])},
         setup.loss,
-        classes,
+        prepared.dataset.classes,
         options,
         checkpoint,
         fingerprint=_fingerprint(prepared, options),
-        multilabel=dataset.multilabel,
+        multilabel=prepared.dataset.multilabel,
         head_trained=head_source != "random",
         on_epoch=on_epoch,
         distributed=distributed,
@@ -183,41 +165,35 @@ def finetune(
     trainer.net = net  # final scores: the whole network on images, also after training on cached activations
 
     set_trainable(net.body, units, units)
-    scores, metrics, thresholds = _evaluate(trainer, loaders, classes)
-    metric = headline(metrics["val"])[0]
+    scores, metrics, thresholds = _evaluate(trainer, loaders, prepared.dataset.classes)
+    metric, lp_init = headline(metrics["val"])[0], head_source == "probe"
+    outcome = FinetuneOutcome(run_dir, stages, metric, metrics, scores, thresholds, net.eval(), lp_init, 0.0, paths)
     if distributed.is_main:
-        _write_outputs(
-            run_dir, prepared, options, spec, data_config, net, stages, metrics, metric, thresholds, head_source
-        )
+        _write_outputs(outcome, prepared, options, setup, head_source)
         checkpoint.unlink(missing_ok=True)
-    return FinetuneOutcome(
-        run_dir, stages, metric, metrics, scores, thresholds, net.eval(), lp_init, time.perf_counter() - started, paths
-    )
+    outcome.seconds = time.perf_counter() - started
+    return outcome
 
 
 def _warm_start(
-    net: FinetuneNet,
+    setup: FinetuneSetup,
     prepared: PreparedData,
     options: FinetuneOptions,
-    spec: HeadSpec,
-    data_config: dict[str, Any],
     probe: ProbeResult | None,
     head_init: Head | None,
     main: bool,
 ) -> str:
     """Initialise the head from the searched head, or the linear probe (LP-FT); returns which ("random": neither)."""
+    net, spec, size = setup.net, setup.spec, setup.data_config["input_size"][-1]
     if head_init is None and not (options.lp_init and is_linear_head(spec)):
         return "random"
     source = "searched head" if head_init is not None else "probe"
     feature_size = prepared.backbone.data_config["input_size"][-1]
-    if data_config["input_size"][-1] != feature_size:
+    if size != feature_size:
         # The head learnt features of feature_size-pixel inputs; at another resolution the same weights start it
         # off target (first-epoch loss above the sanity limit), which no LR restart can repair.
         if main:
-            log.info(
-                f"{source} warm start skipped: it saw {feature_size} px features, fine-tuning runs at "
-                f"{data_config['input_size'][-1]} px"
-            )
+            log.info(f"{source} warm start skipped: it saw {feature_size} px features, fine-tuning runs at {size} px")
         return "random"
     if head_init is not None:
         if head_init.spec != spec:
@@ -243,41 +219,32 @@ def _evaluate(
 
 
 def _write_outputs(
-    run_dir: Path,
-    prepared: PreparedData,
-    options: FinetuneOptions,
-    spec: HeadSpec,
-    data_config: dict[str, Any],
-    net: FinetuneNet,
-    stages: list[dict[str, Any]],
-    metrics: dict[str, dict[str, Any]],
-    metric: str,
-    thresholds: list[float] | None,
-    head_source: str,
+    outcome: FinetuneOutcome, prepared: PreparedData, options: FinetuneOptions, setup: FinetuneSetup, head_source: str
 ) -> None:
     write_json(
-        run_dir / layout.FINETUNE,
+        outcome.run_dir / layout.FINETUNE,
         {
-            "stages": stages,
-            "test_metrics": metrics.get("test", {}),
-            "val_metrics": metrics["val"],
-            "metric": metric,
-            "lp_init": head_source == "probe",
+            "stages": outcome.stages,
+            "test_metrics": outcome.test_metrics,
+            "val_metrics": outcome.metrics["val"],
+            "metric": outcome.metric,
+            "lp_init": outcome.lp_init,
             "head_init": head_source,
             "options": options.result_affecting(),
         },
     )
-    atomic_write_bytes(run_dir / layout.FINETUNED_WEIGHTS, save(saved_state(net, prepared.backbone.model)))
+    weights = save(saved_state(outcome.model, prepared.backbone.model))
+    atomic_write_bytes(outcome.run_dir / layout.FINETUNED_WEIGHTS, weights)
     write_json(
-        run_dir / layout.FINETUNED_META,
+        outcome.run_dir / layout.FINETUNED_META,
         {
             "backbone": prepared.backbone.name,
             "weights_sha256": prepared.backbone.weights.sha256,
-            "head_spec": spec.to_dict(),
+            "head_spec": setup.spec.to_dict(),
             "cut_point": prepared.config.cut_point,
             "classes": prepared.dataset.classes,
             "multilabel": prepared.dataset.multilabel,
-            "thresholds": thresholds,
-            "preprocessing": {k: list(v) if isinstance(v, tuple) else v for k, v in data_config.items()},
+            "thresholds": outcome.thresholds,
+            "preprocessing": {k: list(v) if isinstance(v, tuple) else v for k, v in setup.data_config.items()},
         },
     )

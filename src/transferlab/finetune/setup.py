@@ -43,13 +43,6 @@ class FinetuneSetup:
     loaders: dict[str, DataLoader]
 
 
-def _data_config(prepared: PreparedData, image_size: int | None) -> dict[str, Any]:
-    config = dict(prepared.backbone.data_config)
-    if image_size:
-        config["input_size"] = (3, image_size, image_size)
-    return config
-
-
 def build_setup(prepared: PreparedData, options: FinetuneOptions) -> FinetuneSetup:
     """The seeded network (a copy of the backbone, cut, with a fresh ``options.head_spec`` head), its units, the
     train loader (augmented, balanced as asked), val/test loaders and the loss."""
@@ -59,7 +52,9 @@ def build_setup(prepared: PreparedData, options: FinetuneOptions) -> FinetuneSet
         raise TransferlabError(
             f"head output '{spec.output}' does not fit a {'multi' if dataset.multilabel else 'single'}-label task"
         )
-    data_config = _data_config(prepared, options.image_size)
+    data_config = dict(prepared.backbone.data_config)
+    if options.image_size:
+        data_config["input_size"] = (3, options.image_size, options.image_size)
     eval_transform = create_transform(**data_config, is_training=False)
     train_transform = training_transform(eval_transform, options.augment)
     torch.manual_seed(options.seed)
