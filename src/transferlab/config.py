@@ -6,17 +6,12 @@ with :meth:`RunConfig.from_dict`, so a run directory is enough to repeat the run
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from transferlab.backbones.model import HEAD
 from transferlab.backbones.registry import DEFAULT_BACKBONE
-from transferlab.errors import TransferlabError
-
-
-def _check(ok: bool, message: str) -> None:
-    if not ok:
-        raise TransferlabError(message)
+from transferlab.errors import require, unknown_fields
 
 
 @dataclass
@@ -50,23 +45,23 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         self.data = str(self.data)
-        _check(self.image_size is None or self.image_size >= 8, f"--image-size must be >= 8, got {self.image_size}")
-        _check(self.subset is None or 0 < self.subset <= 1, f"--subset must be in (0, 1], got {self.subset}")
+        require(self.image_size is None or self.image_size >= 8, f"--image-size must be >= 8, got {self.image_size}")
+        require(self.subset is None or 0 < self.subset <= 1, f"--subset must be in (0, 1], got {self.subset}")
         for name in ("val_fraction", "test_fraction"):
             value = getattr(self, name)
-            _check(0 <= value < 1, f"--{name.replace('_', '-')} must be in [0, 1), got {value}")
-        _check(
+            require(0 <= value < 1, f"--{name.replace('_', '-')} must be in [0, 1), got {value}")
+        require(
             self.val_fraction + self.test_fraction < 1,
             f"--val-fraction + --test-fraction must be below 1, got {self.val_fraction + self.test_fraction:g}",
         )
-        _check(self.batch_size >= 1, f"--batch-size must be >= 1, got {self.batch_size}")
-        _check(self.workers is None or self.workers >= 0, f"--workers must be >= 0, got {self.workers}")
-        _check(self.trials >= 0, f"--trials must be >= 0, got {self.trials}")
-        _check(self.search_timeout is None or self.search_timeout > 0, "--timeout must be positive")
-        _check(self.search_jobs >= 1, f"--jobs must be >= 1, got {self.search_jobs}")
-        _check(self.search_ensemble >= 1, f"--ensemble must be >= 1, got {self.search_ensemble}")
+        require(self.batch_size >= 1, f"--batch-size must be >= 1, got {self.batch_size}")
+        require(self.workers is None or self.workers >= 0, f"--workers must be >= 0, got {self.workers}")
+        require(self.trials >= 0, f"--trials must be >= 0, got {self.trials}")
+        require(self.search_timeout is None or self.search_timeout > 0, "--timeout must be positive")
+        require(self.search_jobs >= 1, f"--jobs must be >= 1, got {self.search_jobs}")
+        require(self.search_ensemble >= 1, f"--ensemble must be >= 1, got {self.search_ensemble}")
         for fraction in self.fractions or []:
-            _check(0 < fraction <= 1, f"--fractions must be in (0, 1], got {fraction}")
+            require(0 < fraction <= 1, f"--fractions must be in (0, 1], got {fraction}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -74,7 +69,6 @@ class RunConfig:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> RunConfig:
         """The config saved by :meth:`to_dict`; unknown keys are an error (a config from another version)."""
-        known = {field.name for field in fields(cls)}
-        unknown = sorted(set(values) - known)
-        _check(not unknown, f"config has unknown options: {', '.join(unknown)}")
+        unknown = unknown_fields(cls, values)
+        require(not unknown, f"config has unknown options: {', '.join(unknown)}")
         return cls(**values)

@@ -7,10 +7,10 @@ same way, and so a head can be priced (parameters, MB) before anything is alloca
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from transferlab.errors import TransferlabError
+from transferlab.errors import TransferlabError, require, unknown_fields
 
 POOLINGS = ("avg", "max", "avgmax", "flatten", "conv1x1")
 FINAL_POOLINGS = ("avg", "max", "avgmax", "flatten")
@@ -85,8 +85,7 @@ class HeadSpec:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> HeadSpec:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
+        unknown = unknown_fields(cls, data)
         _check(not unknown, f"unknown head spec keys: {unknown}")
         return cls(**data)
 
@@ -104,5 +103,4 @@ class HeadSpec:
 
 
 def _check(condition: bool, message: str) -> None:
-    if not condition:
-        raise TransferlabError(f"invalid head spec: {message}")
+    require(condition, f"invalid head spec: {message}")
