@@ -85,11 +85,12 @@ def test_probe_head_reproduces_the_fitted_probe(n_classes: int, train_classes: i
 def test_loaded_run_model_reproduces_the_runs_own_predictions(tiny_run: transferlab.RunResult) -> None:
     model = load_run_model(tiny_run.run_dir)
     assert (model.kind, model.cut_point, model.classes) == ("probe", "blocks.3", ["blue", "green", "red"])
-    rows = _read_csv(tiny_run.run_dir / "predictions.csv")
+    # test rows are the deployed model's; val rows come from the probe's train-only twin (val is in the deployed fit)
+    rows = [row for row in _read_csv(tiny_run.run_dir / "predictions.csv") if row["split"] == "test"]
     data = Path(tiny_run.config.data)
     with torch.inference_mode():
         scores = model.module(_batch(model, [data / row["path"] for row in rows])).numpy()
-    assert [model.classes[i] for i in scores.argmax(axis=1)] == [row["predicted"] for row in rows]
+    assert rows and [model.classes[i] for i in scores.argmax(axis=1)] == [row["predicted"] for row in rows]
     np.testing.assert_allclose(scores.max(axis=1), [float(row["confidence"]) for row in rows], atol=2e-4)
 
 

@@ -47,6 +47,8 @@ class ImageClassifier(BaseEstimator):
         cut_point: str = HEAD,
         seed: int = 0,
         *,
+        test: str | None = None,
+        groups: str | None = None,
         weights: str | None = None,
         image_size: int | None = None,
         subset: float | None = None,

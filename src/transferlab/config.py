@@ -19,7 +19,9 @@ class RunConfig:
     """Every option that changes a run's result; saved as ``config.json`` and enough to repeat the run.
 
     ``trials`` 0 turns the head search off, ``finetune`` None turns fine-tuning off (else FinetuneOptions fields),
-    ``backbones`` (several names) ranks them first. Bad values raise a one-line :class:`TransferlabError`.
+    ``backbones`` (several names) ranks them first. ``test``: a separate labelled folder or CSV scored as the test
+    split (then none is carved out of ``data``); ``groups``: the CSV column whose images stay on one side of every
+    split and fold. Bad values raise a one-line :class:`TransferlabError`.
     """
 
     data: str
@@ -32,6 +34,8 @@ class RunConfig:
     val_fraction: float = 0.15
     test_fraction: float = 0.15
     label_sep: str | None = None
+    test: str | None = None
+    groups: str | None = None
     batch_size: int = 32
     workers: int | None = None
     allow_download: bool = False
@@ -45,6 +49,7 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         self.data = str(self.data)
+        self.test = None if self.test is None else str(self.test)
         require(self.image_size is None or self.image_size >= 8, f"--image-size must be >= 8, got {self.image_size}")
         require(self.subset is None or 0 < self.subset <= 1, f"--subset must be in (0, 1], got {self.subset}")
         for name in ("val_fraction", "test_fraction"):

@@ -138,13 +138,21 @@ def _rank(config: RunConfig, cache_dir: str | Path | None, progress: bool) -> tu
 def _probe_facts(probe: ProbeResult, cut_point: str) -> dict[str, Any]:
     """The probe's part of record.json."""
     thresholds = None if probe.thresholds is None else probe.thresholds.tolist()
-    return {"kind": "logistic_regression", "C": probe.C, "cut_point": cut_point, "thresholds": thresholds}
+    return {
+        "kind": "logistic_regression",
+        "C": probe.C,
+        "cut_point": cut_point,
+        "thresholds": thresholds,
+        # which images each model saw: C by k-fold CV on train+val, deployed refit on both, val scored by a twin
+        "fit_on": "train+val",
+        "fit_images": probe.fit_images,
+    }
 
 
 def _probe_stage(prepared: PreparedData, run_dir: RunDir) -> tuple[ProbeResult, list[list[str]]]:
     """Fit the cross-validated probe; write metrics.json and probe.*; return it and its prediction rows."""
     features, targets, dataset = prepared.features(), prepared.targets(), prepared.dataset
-    probe = fit_probe(features, targets, dataset.classes, seed=prepared.config.seed)
+    probe = fit_probe(features, targets, dataset.classes, seed=prepared.config.seed, groups=prepared.fit_groups())
     run_dir.write_json(layout.METRICS, probe.metrics)
     cut_point, identity = prepared.config.cut_point, prepared.backbone.identity()
     save_probe(run_dir.path, probe, dataset.classes, cut_point, identity, dataset.multilabel)
@@ -152,6 +160,6 @@ def _probe_stage(prepared: PreparedData, run_dir: RunDir) -> tuple[ProbeResult, 
     for split_name in ("val", "test"):
         if len(features[split_name]):
             paths = [dataset.paths[i] for i in prepared.split.indices(split_name)]
-            scores = probe.predict_scores(features[split_name])
+            scores = probe.val_scores if split_name == "val" else probe.predict_scores(features[split_name])
             rows += prediction_rows(split_name, paths, targets[split_name], scores, dataset.classes, probe.thresholds)
     return probe, rows

@@ -74,6 +74,12 @@ class PreparedData:
         matrix = load_features(self.cache, self.held_out, self.hashes, name)
         return {s: matrix[self.split.indices(s)] for s in SPLITS}
 
+    def fit_groups(self) -> np.ndarray | None:
+        """The group of each train + val row (the rows the deployed probe is fit and cross-validated on)."""
+        if self.dataset.groups is None:
+            return None
+        return self.dataset.groups[np.concatenate([self.split.indices("train"), self.split.indices("val")])]
+
     def targets(self) -> dict[str, np.ndarray]:
         """Class ids (or 0/1 label rows for multi-label), per split name."""
         return {s: self.dataset.y[self.split.indices(s)] for s in SPLITS}
@@ -167,17 +173,28 @@ def prepare(
     progress: bool = True,
 ) -> PreparedData:
     """Index the data, load the backbone, extract (or reuse) features and split; skipped inputs are logged."""
-    dataset = load_dataset(config.data, label_sep=config.label_sep)
+    dataset = load_dataset(config.data, label_sep=config.label_sep, group_column=config.groups)
     backbone = load_backbone(
         config.backbone, config.weights, allow_download=config.allow_download, image_size=config.image_size
     )
     stage_index(backbone.model, config.cut_point)  # an unknown cut point fails here, before any extraction
     if config.subset:
         dataset = dataset.subset(stratified_subset(dataset.y, config.subset, config.seed))
+    n_given = len(dataset)
+    if config.test:
+        dataset = dataset.joined(load_dataset(config.test, label_sep=config.label_sep))
     problems = list(dataset.problems)
     digests, unreadable = hash_files(dataset)
     problems += unreadable
-    readable = [i for i, digest in enumerate(digests) if digest is not None]
+    test_hashes = {digest: dataset.paths[i] for i, digest in enumerate(digests) if i >= n_given and digest}
+    readable = []
+    for i, digest in enumerate(digests):
+        if i < n_given and digest in test_hashes:
+            reason = f"same content as test image {test_hashes[digest]}; left out of training"
+            problems.append(Problem(dataset.paths[i], reason))
+        elif digest is not None:
+            readable.append(i)
+    is_test = np.asarray([i >= n_given for i in readable]) if config.test else None
     dataset, hashes = dataset.subset(readable), [digests[i] for i in readable]
 
     root = Path(cache_dir) if cache_dir else default_cache_dir()
@@ -204,9 +221,16 @@ def prepare(
 
     usable = [i for i, digest in enumerate(hashes) if digest in cache]
     dataset, hashes = dataset.subset(usable), [hashes[i] for i in usable]
-    _ensure_trainable(dataset)
+    test_rows = None if is_test is None else is_test[usable]
+    _ensure_trainable(dataset if test_rows is None else dataset.subset(np.flatnonzero(~test_rows)))
     split = make_split(
-        dataset.y, hashes, seed=config.seed, val_fraction=config.val_fraction, test_fraction=config.test_fraction
+        dataset.y,
+        hashes,
+        seed=config.seed,
+        val_fraction=config.val_fraction,
+        test_fraction=config.test_fraction,
+        groups=dataset.groups,
+        test_rows=test_rows,
     )
     held_out = extract_held_out(
         backbone,

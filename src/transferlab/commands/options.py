@@ -48,8 +48,20 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cut-point", default=HEAD, help="where to take features: a stage (e.g. blocks.4) or 'head'")
     parser.add_argument("--seed", type=int, default=0, help="seed for split, subset and models (default 0)")
     parser.add_argument("--subset", type=float, help="use a stratified fraction of the data, e.g. 0.25")
+    parser.add_argument(
+        "--test",
+        metavar="DIR",
+        help="a separate labelled test folder or CSV (same classes); it is the test split, so none is carved out "
+        "of DATA and every DATA image is used for training and model selection",
+    )
+    parser.add_argument(
+        "--groups",
+        metavar="COLUMN",
+        help="CSV column naming each image's group (patient, session, source object): a group stays on one side "
+        "of every split and cross-validation fold, so internal estimates are honest on repeated subjects",
+    )
     parser.add_argument("--val-fraction", type=float, default=0.15)
-    parser.add_argument("--test-fraction", type=float, default=0.15)
+    parser.add_argument("--test-fraction", type=float, default=0.15, help="unused with --test (default 0.15)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--workers", type=int, help="image decoding processes (default: cores - 1, at most 2)")
     parser.add_argument("--runs-dir", default="runs", help="where run directories go (default ./runs)")
@@ -59,6 +71,8 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
 
 
 RUN_OPTION_NAMES = (
+    "test",
+    "groups",
     "backbone",
     "weights",
     "allow_download",

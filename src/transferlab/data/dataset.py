@@ -38,13 +38,18 @@ def printable(text: str) -> str:
 
 @dataclass
 class ImageDataset:
-    """Paths (relative to ``root``) with targets: ``y`` is (N,) class ids, or an (N, C) 0/1 matrix if multi-label."""
+    """Paths (relative to ``root``) with targets: ``y`` is (N,) class ids, or an (N, C) 0/1 matrix if multi-label.
+
+    ``groups`` (from a CSV group column: patient, session, source object) keeps related images on one side of every
+    split and fold; None when the data has no such column.
+    """
 
     root: Path
     paths: list[str]
     y: np.ndarray
     classes: list[str]
     problems: list[Problem] = field(default_factory=list)
+    groups: np.ndarray | None = None
 
     @property
     def multilabel(self) -> bool:
@@ -59,22 +64,60 @@ class ImageDataset:
     def subset(self, indices: Sequence[int] | np.ndarray) -> ImageDataset:
         """A view on some rows, keeping the class list (so label ids stay comparable across subsets)."""
         indices = np.asarray(indices, dtype=np.int64)
-        return ImageDataset(self.root, [self.paths[i] for i in indices], self.y[indices], self.classes, self.problems)
+        groups = None if self.groups is None else self.groups[indices]
+        paths = [self.paths[i] for i in indices]
+        return ImageDataset(self.root, paths, self.y[indices], self.classes, self.problems, groups)
+
+    def joined(self, other: ImageDataset) -> ImageDataset:
+        """These rows, then ``other``'s (a separate test set), on a common root with ``other``'s labels mapped onto
+        these classes by name; a class this data lacks is an error (a model cannot be scored on it)."""
+        if other.multilabel != self.multilabel:
+            train_kind, test_kind = ("multi-label" if d.multilabel else "single-label" for d in (self, other))
+            raise TransferlabError(f"the training data is {train_kind} but the test set is {test_kind}")
+        unknown = [name for name, count in other.class_counts().items() if count and name not in self.classes]
+        if unknown:
+            raise TransferlabError(f"the test set has classes the training data lacks: {', '.join(unknown)}")
+        index = np.asarray([self.classes.index(name) if name in self.classes else -1 for name in other.classes])
+        if self.multilabel:
+            mapped = np.zeros((len(other), len(self.classes)), dtype=self.y.dtype)
+            present = index >= 0
+            mapped[:, index[present]] = other.y[:, present]
+        else:
+            mapped = index[other.y]
+        root = Path(os.path.commonpath([self.root.resolve(), other.root.resolve()]))
+        paths = [(self.root.resolve() / p).relative_to(root).as_posix() for p in self.paths]
+        paths += [(other.root.resolve() / p).relative_to(root).as_posix() for p in other.paths]
+        groups = None
+        if self.groups is not None:
+            groups = np.concatenate([self.groups, np.asarray([f"test:{p}" for p in other.paths], dtype=object)])
+        y = np.concatenate([self.y, mapped])
+        return ImageDataset(root, paths, y, self.classes, self.problems + other.problems, groups)
 
     def class_counts(self) -> dict[str, int]:
         counts = self.y.sum(axis=0) if self.multilabel else np.bincount(self.y, minlength=len(self.classes))
         return {name: int(count) for name, count in zip(self.classes, counts, strict=True)}
 
 
-def load_dataset(source: str | Path, *, root: str | Path | None = None, label_sep: str | None = None) -> ImageDataset:
-    """Index a folder-per-class tree or a CSV (``path,label``, ``path,labels`` or path + a 0/1 column per label)."""
+def load_dataset(
+    source: str | Path,
+    *,
+    root: str | Path | None = None,
+    label_sep: str | None = None,
+    group_column: str | None = None,
+) -> ImageDataset:
+    """Index a folder-per-class tree or a CSV (``path,label``, ``path,labels`` or path + a 0/1 column per label).
+
+    ``group_column``: a CSV column naming each image's group (patient, session, source object).
+    """
     source = Path(source)
     if not source.exists():
         raise TransferlabError(f"data not found: {source}")
     if source.is_dir():
+        if group_column:
+            raise TransferlabError(f"--groups needs a CSV with a '{group_column}' column; {source} is a folder")
         dataset = _from_folders(source)
     elif source.suffix.lower() in {".csv", ".tsv"}:
-        dataset = _from_csv(source, Path(root) if root else source.parent, label_sep)
+        dataset = _from_csv(source, Path(root) if root else source.parent, label_sep, group_column)
     else:
         raise TransferlabError(f"{source}: expected a folder with one sub-folder per class, or a .csv file")
     _check_usable(dataset, source)
@@ -146,7 +189,7 @@ def _resolve_in_root(root: Path, cell: str) -> str | None:
     return candidate.as_posix()
 
 
-def _from_csv(csv_path: Path, root: Path, label_sep: str | None) -> ImageDataset:
+def _from_csv(csv_path: Path, root: Path, label_sep: str | None, group_column: str | None) -> ImageDataset:
     with open(csv_path, newline="", encoding="utf-8-sig", errors="surrogateescape") as handle:
         delimiter = "\t" if csv_path.suffix.lower() == ".tsv" else ","
         rows = list(csv.reader(handle, delimiter=delimiter))
@@ -156,18 +199,24 @@ def _from_csv(csv_path: Path, root: Path, label_sep: str | None) -> ImageDataset
     if "path" not in header:
         raise TransferlabError(f"{csv_path}: the header must have a 'path' column (found: {', '.join(rows[0])})")
     path_col = header.index("path")
+    group_col = None
+    if group_column:
+        if group_column.strip().lower() not in header:
+            raise TransferlabError(f"{csv_path}: no group column '{group_column}' (found: {', '.join(rows[0])})")
+        group_col = header.index(group_column.strip().lower())
     if "label" in header:
         mode, label_cols = "single", [header.index("label")]
     elif "labels" in header:
         mode, label_cols = "multi", [header.index("labels")]
     else:
-        mode, label_cols = "onehot", [i for i in range(len(header)) if i != path_col]
+        mode, label_cols = "onehot", [i for i in range(len(header)) if i not in (path_col, group_col)]
         if not label_cols:
             raise TransferlabError(f"{csv_path}: need a 'label' column, a 'labels' column or one 0/1 column per label")
 
     problems: list[Problem] = []
     seen: set[str] = set()
     entries: list[tuple[str, list[str]]] = []
+    groups: list[str] = []
     for number, row in enumerate(rows[1:], start=2):
         where = f"{csv_path.name} row {number}"
         if not any(cell.strip() for cell in row):
@@ -193,6 +242,11 @@ def _from_csv(csv_path: Path, root: Path, label_sep: str | None) -> ImageDataset
         if isinstance(names, str):
             problems.append(Problem(f"{where} ({cell})", names))
             continue
+        if group_col is not None:
+            if not row[group_col].strip():
+                problems.append(Problem(f"{where} ({cell})", f"empty '{group_column}' (group) cell"))
+                continue
+            groups.append(row[group_col].strip())
         seen.add(relative)
         entries.append((relative, [printable(name) for name in names]))
 
@@ -208,7 +262,8 @@ def _from_csv(csv_path: Path, root: Path, label_sep: str | None) -> ImageDataset
         y = np.zeros((len(entries), len(classes)), dtype=np.uint8)
         for row_index, (_, names) in enumerate(entries):
             y[row_index, [index[name] for name in names]] = 1
-    return ImageDataset(root, paths, y, classes, problems)
+    group_array = np.asarray(groups, dtype=object) if group_col is not None else None
+    return ImageDataset(root, paths, y, classes, problems, group_array)
 
 
 def _row_labels(

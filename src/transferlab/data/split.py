@@ -36,8 +36,12 @@ def strata(y: np.ndarray) -> np.ndarray:
     return np.asarray(keys)
 
 
-def _positions(y: np.ndarray, seed: int) -> np.ndarray:
-    """Each sample's evenly spaced position within its shuffled stratum."""
+def _positions(y: np.ndarray, seed: int, groups: np.ndarray | None = None) -> np.ndarray:
+    """Each sample's evenly spaced position within its shuffled stratum; a group's members share its first
+    member's position (and stratum), so a group never straddles two splits."""
+    if groups is not None:
+        _, first, member_of = np.unique(groups.astype(str), return_index=True, return_inverse=True)
+        return _positions(y[first], seed)[member_of]
     rng = np.random.default_rng(seed)
     positions = np.zeros(len(y), dtype=np.float64)
     keys = strata(y)
@@ -73,12 +77,31 @@ class Split:
 
 
 def make_split(
-    y: np.ndarray, content_hashes: list[str], *, seed: int, val_fraction: float = 0.15, test_fraction: float = 0.15
+    y: np.ndarray,
+    content_hashes: list[str],
+    *,
+    seed: int,
+    val_fraction: float = 0.15,
+    test_fraction: float = 0.15,
+    groups: np.ndarray | None = None,
+    test_rows: np.ndarray | None = None,
 ) -> Split:
-    """Stratified train/val/test assignment; identical contents share the split of their first occurrence."""
-    positions = _positions(y, seed)
+    """Stratified train/val/test assignment; identical contents share the split of their first occurrence.
+
+    ``groups`` keeps each group on one side (GroupKFold semantics). ``test_rows`` (a boolean mask): a separate,
+    given test set; then no test split is carved out of the other rows and ``test_fraction`` is unused.
+    """
+    if test_rows is None:
+        positions = _positions(y, seed, groups)
+    else:
+        given = np.flatnonzero(~test_rows)
+        positions = np.full(len(y), -1.0)  # the given test rows
+        positions[given] = _positions(y[given], seed, None if groups is None else groups[given])
+        test_fraction = 0.0
     assignment = np.where(
-        positions < test_fraction, "test", np.where(positions < test_fraction + val_fraction, "val", "train")
+        (positions < test_fraction) | (positions < 0),
+        "test",
+        np.where(positions < test_fraction + val_fraction, "val", "train"),
     ).astype(object)
     first_split: dict[str, str] = {}
     for i, digest in enumerate(content_hashes):

@@ -201,7 +201,7 @@ def _warm_start(
         net.head.load_state_dict(head_init.state_dict())
         return source
     probe = probe or fit_probe(prepared.features(), prepared.targets(), prepared.dataset.classes, seed=options.seed)
-    init_from_probe(net, probe.model, len(prepared.dataset.classes))
+    init_from_probe(net, probe.train_model, len(prepared.dataset.classes))  # it has not seen val
     return source
 
 

@@ -18,16 +18,11 @@ def fold_standardization(weight: Array, bias: Array, mean: Array, scale: Array) 
     return folded, bias - folded @ mean
 
 
-def _fitted(estimator: Any) -> Any:
-    """The refitted model inside a grid search, or the estimator itself."""
-    return getattr(estimator, "best_estimator_", estimator)
-
-
 def probe_tensors(model: Any) -> dict[str, np.ndarray]:
     """Standardization and linear weights: score = softmax/sigmoid(((x - mean) / scale) @ coef.T + intercept)."""
-    scaler, estimator = model[0], _fitted(model[-1])
+    scaler, estimator = model[0], model[-1]
     if isinstance(estimator, OneVsRestClassifier):
-        fitted = [_fitted(e) for e in estimator.estimators_]
+        fitted = estimator.estimators_
         coef = np.concatenate([e.coef_ for e in fitted])
         intercept = np.concatenate([e.intercept_ for e in fitted])
     else:

@@ -1,8 +1,11 @@
-"""Logistic-regression probe on standardized features; the inverse regularization C is chosen by stratified CV.
+"""Logistic-regression probe on standardized features; C is chosen by k-fold CV and the deployed probe sees all of
+train + val.
 
 This is the cheapest honest answer to "how good are these features for my labels?" and the baseline every head
-search and fine-tune must beat. Multi-label problems get one binary probe per label (one-vs-rest) and per-label
-thresholds tuned on the validation split.
+search and fine-tune must beat. Two fits, because one model cannot both be scored on validation and have trained on
+it: ``train_model`` sees the training split only and is what the validation metrics, the multi-label thresholds and
+the stage comparisons use; ``model`` is refit on train + val at the same C and is what the run deploys and scores
+on test (a small-data user cannot spare 15% of their images; cf. scikit-learn's ``refit=True``).
 """
 
 from __future__ import annotations
@@ -14,91 +17,171 @@ from typing import Any
 
 import numpy as np
 from sklearn.exceptions import ConvergenceWarning
-from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import GridSearchCV, StratifiedKFold
+from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
+from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 from sklearn.multiclass import OneVsRestClassifier
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from transferlab.features.scaling import channel_scale
 from transferlab.metrics import classification_metrics, tune_thresholds
 
 C_GRID = np.logspace(-3, 1, 5)
+MAX_FOLDS = 5
+FALLBACK_C = 0.1  # when a class is too rare to cross-validate
+
+
+class ChannelScaler(StandardScaler):
+    """``StandardScaler`` whose channels constant on the training data are switched off, not blown up."""
+
+    def fit(self, X: Any, y: Any = None, sample_weight: Any = None) -> ChannelScaler:
+        super().fit(X, y, sample_weight)
+        self.scale_ = channel_scale(np.sqrt(self.var_))
+        return self
 
 
 @dataclass
 class ProbeResult:
-    """The fitted probe, its chosen C, thresholds (multi-label) and the metrics of every split it was scored on."""
+    """The deployed probe (train + val), the train-only probe, C, thresholds and the metrics of every split.
+
+    ``metrics['train']`` and ``['val']`` are the train-only probe's, ``['test']`` the deployed one's;
+    ``val_scores`` are the train-only probe's validation scores (what ``predictions.csv`` shows for val).
+    """
 
     model: Pipeline
+    train_model: Pipeline
     C: float | list[float]
     thresholds: np.ndarray | None
     metrics: dict[str, dict[str, Any]]
     fit_seconds: float
     n_classes: int
     multilabel: bool
+    fit_images: int
+    val_scores: np.ndarray | None = None
 
     def predict_scores(self, features: np.ndarray) -> np.ndarray:
-        """Class probabilities (every class, absent-from-train ones at 0), or per-label sigmoid scores."""
-        if self.multilabel:
-            return _label_scores(self.model, features, self.n_classes)
-        return _class_scores(self.model, features, self.n_classes)
+        """The deployed probe's class probabilities (absent-from-train classes at 0), or per-label sigmoid scores."""
+        return _scores(self.model, features, self.n_classes, self.multilabel)
 
 
-def _cv_logistic(smallest: int, seed: int) -> Any:
-    """Logistic regression whose C maximizes cross-validated log-likelihood (a fixed C if a class is too rare).
-
-    ``smallest`` is the size of the rarest class (per label: the rarer of positives and negatives).
-    """
-    base = LogisticRegression(C=0.1, max_iter=3000)
-    if smallest < 2:
-        return base
-    folds = StratifiedKFold(n_splits=min(3, smallest), shuffle=True, random_state=seed)
-    return GridSearchCV(base, {"C": C_GRID}, cv=folds, scoring="neg_log_loss")
-
-
-def fit_probe(
-    features: dict[str, np.ndarray], y: dict[str, np.ndarray], classes: list[str], *, seed: int = 0
-) -> ProbeResult:
-    """Fit on ``features['train']``; tune thresholds on 'val' (multi-label); score every split given."""
-    start = time.perf_counter()
-    y_train = y["train"]
-    if y_train.ndim == 1:
-        counts = np.bincount(y_train)
-        estimator = _cv_logistic(int(counts[counts > 0].min()), seed)
-    else:
-        positives = y_train.sum(axis=0)
-        estimator = OneVsRestClassifier(_cv_logistic(int(np.minimum(positives, len(y_train) - positives).min()), seed))
-    model = make_pipeline(StandardScaler(), estimator)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        model.fit(features["train"], y_train)
-    fit_seconds = time.perf_counter() - start
-    thresholds = None
-    if y_train.ndim == 2 and "val" in features and len(y["val"]):
-        thresholds = tune_thresholds(y["val"], _label_scores(model, features["val"], y_train.shape[1]))
-    probe = ProbeResult(model, _chosen_c(model), thresholds, {}, fit_seconds, len(classes), y_train.ndim == 2)
-    for split_name, split_features in features.items():
-        if len(split_features):
-            scores = probe.predict_scores(split_features)
-            probe.metrics[split_name] = classification_metrics(y[split_name], scores, classes, thresholds)
-    return probe
-
-
-def _class_scores(model: Pipeline, features: np.ndarray, n_classes: int) -> np.ndarray:
-    """Probabilities over all classes, including classes absent from training (probability 0)."""
+def _scores(model: Pipeline, features: np.ndarray, n_classes: int, multilabel: bool) -> np.ndarray:
+    if multilabel:
+        return model.predict_proba(features)[:, :n_classes]
     probabilities = model.predict_proba(features)
     full = np.zeros((len(features), n_classes))
     full[:, model.classes_] = probabilities
     return full
 
 
-def _label_scores(model: Pipeline, features: np.ndarray, n_labels: int) -> np.ndarray:
-    return model.predict_proba(features)[:, :n_labels]
+def _folds(y: np.ndarray, groups: np.ndarray | None, seed: int) -> Any:
+    """Stratified k-fold (grouped when images share a subject), or None when a class is too rare for two folds."""
+    counts = np.bincount(y)
+    smallest = int(counts[counts > 0].min())
+    if smallest < 2:
+        return None
+    n_splits = min(MAX_FOLDS, smallest)
+    if groups is None:
+        return StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+    n_splits = min(n_splits, len(set(groups.tolist())))
+    if n_splits < 2:
+        return None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # a class with fewer groups than folds
+        return list(StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed).split(y, y, groups))
+
+
+def _selecting(y: np.ndarray, groups: np.ndarray | None, seed: int) -> Any:
+    """A logistic regression that picks C by cross-validated log-likelihood and refits on everything it is given.
+
+    Multi-label: one per label (one-vs-rest), each with its own C and folds stratified by that label; images of one
+    group are kept together only in single-label folds (the train/val/test split keeps them together in both).
+    """
+    if y.ndim == 2:
+        return OneVsRestClassifier(_selecting_binary(y, seed))
+    folds = _folds(y, groups, seed)
+    if folds is None:
+        return LogisticRegression(C=FALLBACK_C, max_iter=3000)
+    return _cv_logistic(folds)
+
+
+def _cv_logistic(folds: Any) -> LogisticRegressionCV:
+    """L2 logistic regression over :data:`C_GRID`, warm-started along the path, refit at the best C."""
+    return LogisticRegressionCV(
+        Cs=C_GRID, cv=folds, scoring="neg_log_loss", max_iter=3000, l1_ratios=(0.0,), use_legacy_attributes=False
+    )
+
+
+def _selecting_binary(y: np.ndarray, seed: int) -> Any:
+    smallest = int(np.minimum(y.sum(axis=0), len(y) - y.sum(axis=0)).min())
+    if smallest < 2:
+        return LogisticRegression(C=FALLBACK_C, max_iter=3000)
+    return _cv_logistic(StratifiedKFold(n_splits=min(MAX_FOLDS, smallest), shuffle=True, random_state=seed))
+
+
+def _fixed(C: float | list[float], multilabel: bool) -> Any:
+    """The same model at the C already chosen (per label for multi-label)."""
+    if not multilabel:
+        return LogisticRegression(C=float(C), max_iter=3000)  # type: ignore[arg-type]
+    return _PerLabel([float(c) for c in C])  # type: ignore[union-attr]
+
+
+def _fit(model: Pipeline, x: np.ndarray, y: np.ndarray) -> Pipeline:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        return model.fit(x, y)
+
+
+def fit_probe(
+    features: dict[str, np.ndarray],
+    y: dict[str, np.ndarray],
+    classes: list[str],
+    *,
+    seed: int = 0,
+    groups: np.ndarray | None = None,
+) -> ProbeResult:
+    """C by k-fold CV on train + val, the deployed probe refit there; thresholds (multi-label) and the val metrics
+    from the same C fit on train only. ``groups`` (per train + val row): folds keep each group on one side."""
+    start = time.perf_counter()
+    multilabel = y["train"].ndim == 2
+    has_val = "val" in features and len(y["val"]) > 0
+    fit_x = np.concatenate([features["train"], features["val"]]) if has_val else features["train"]
+    fit_y = np.concatenate([y["train"], y["val"]]) if has_val else y["train"]
+    model = _fit(make_pipeline(ChannelScaler(), _selecting(fit_y, groups, seed)), fit_x, fit_y)
+    C = _chosen_c(model)
+    train_model = _fit(make_pipeline(ChannelScaler(), _fixed(C, multilabel)), features["train"], y["train"])
+    fit_seconds = time.perf_counter() - start
+    val_scores = _scores(train_model, features["val"], len(classes), multilabel) if has_val else None
+    thresholds = tune_thresholds(y["val"], val_scores) if multilabel and val_scores is not None else None
+    probe = ProbeResult(
+        model, train_model, C, thresholds, {}, fit_seconds, len(classes), multilabel, len(fit_y), val_scores
+    )
+    for split_name, split_features in features.items():
+        if len(split_features):
+            scorer = model if split_name == "test" else train_model
+            scores = _scores(scorer, split_features, len(classes), multilabel)
+            probe.metrics[split_name] = classification_metrics(y[split_name], scores, classes, thresholds)
+    return probe
+
+
+class _PerLabel(OneVsRestClassifier):
+    """One-vs-rest with a given C per label (the train-only twin of the selecting multi-label probe)."""
+
+    def __init__(self, Cs: list[float]) -> None:
+        super().__init__(LogisticRegression(C=FALLBACK_C, max_iter=3000))
+        self.Cs = Cs
+
+    def fit(self, X: Any, y: Any, **params: Any) -> _PerLabel:
+        super().fit(X, y, **params)
+        for label, (estimator, c) in enumerate(zip(self.estimators_, self.Cs, strict=True)):
+            if isinstance(estimator, LogisticRegression) and c != FALLBACK_C:
+                estimator.set_params(C=c).fit(X, y[:, label])
+        return self
 
 
 def _chosen_c(model: Pipeline) -> float | list[float]:
     def chosen(estimator: Any) -> float:
-        return float(estimator.best_params_["C"] if hasattr(estimator, "best_params_") else estimator.C)
+        value = getattr(estimator, "C_", getattr(estimator, "C", FALLBACK_C))  # a constant label has no C
+        return float(np.ravel(value)[0])
 
     estimator = model[-1]
     if isinstance(estimator, OneVsRestClassifier):

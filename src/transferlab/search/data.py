@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from transferlab.features.scaling import channel_scale
 from transferlab.heads import Head, HeadSpec
 from transferlab.metrics import headline_name
 from transferlab.model.probe_head import fold_standardization
@@ -25,11 +26,14 @@ if TYPE_CHECKING:
 def _standardize(train: np.ndarray, *others: np.ndarray) -> tuple[list[torch.Tensor], tuple[np.ndarray, np.ndarray]]:
     """Per-channel z-scoring with train statistics (as the probe does): heads train faster and more reliably.
 
+    Channels constant on the training split are switched off (:func:`~transferlab.features.scaling.channel_scale`).
+
     Also returns the per-channel (mean, std), so a trained head can be rewritten to take raw features.
     """
     axes = (0, 2, 3) if train.ndim == 4 else (0,)
     mean = train.mean(axis=axes, keepdims=True, dtype=np.float64)
-    std = train.std(axis=axes, keepdims=True, dtype=np.float64) + 1e-6
+    std = train.std(axis=axes, dtype=np.float64)
+    std = channel_scale(std).reshape(mean.shape)
     scaled = [torch.from_numpy(((x - mean) / std).astype(np.float32)) for x in (train, *others)]
     return scaled, (mean.reshape(-1), std.reshape(-1))
 

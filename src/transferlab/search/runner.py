@@ -150,12 +150,12 @@ def search_heads(
     maps: bool = False,
     jobs: int = 1,
     ensemble: int = ENSEMBLE_SIZE,
-    probe_test_metrics: dict[str, Any] | None = None,
+    probe_metrics: dict[str, dict[str, Any]] | None = None,
 ) -> SearchOutcome:
     """Search heads on ``prepared``'s cached features, refit the best, score it and the probe on test.
 
-    ``probe_test_metrics``: the plain probe's test metrics when the caller has fitted it already (``run`` has),
-    so it is not fitted twice.
+    ``probe_metrics``: the plain probe's metrics per split when the caller has fitted it already (``run`` has),
+    so it is not fitted twice. A search whose heads score far below the probe on validation says so.
 
     ``jobs``: processes working on the study here (this one plus ``jobs - 1`` local workers); each trial uses one
     core. With ``jobs > 1`` the trial sequence depends on timing, so only ``jobs=1`` replays exactly from the seed.
@@ -196,9 +196,12 @@ def search_heads(
     best_metrics = split_metrics(head_scores(members.heads[0], data), data)
     ensemble_metrics = split_metrics(members.scores(data), data)
     test_metrics = ensemble_metrics.get("test", {})
-    if probe_test_metrics is None:
-        probe = fit_probe(prepared.features(), prepared.targets(), prepared.dataset.classes, seed=seed)
-        probe_test_metrics = probe.metrics.get("test", {})
+    if probe_metrics is None:
+        probe_metrics = fit_probe(
+            prepared.features(), prepared.targets(), prepared.dataset.classes, seed=seed, groups=prepared.fit_groups()
+        ).metrics
+    probe_test_metrics = probe_metrics.get("test", {})
+    shortfall = _shortfall(ensemble_metrics.get("val", {}), probe_metrics.get("val", {}), data.metric)
     head_params, head_mb = head_cost(spec, data.in_channels, data.spatial, len(data.classes))
     record = {
         "study_name": study_name,
@@ -230,7 +233,11 @@ def search_heads(
         "val_metrics": ensemble_metrics.get("val", {}),
         "test_metrics": test_metrics,
         "probe_test_metrics": probe_test_metrics,
+        "probe_val_metrics": probe_metrics.get("val", {}),
+        "shortfall": shortfall,
     }
+    if shortfall:
+        log.warning(shortfall)
     record["explanation"] = _explain(record)
     path = run_dir / layout.SEARCH
     write_json(path, record)
@@ -246,6 +253,21 @@ def search_heads(
         record,
         path,
         data.on_raw_features(members.heads[0]),
+    )
+
+
+SHORTFALL = 0.05
+"""A searched predictor this far below the plain probe on validation (accuracy or mAP) signals a broken search."""
+
+
+def _shortfall(heads: dict[str, Any], probe: dict[str, Any], metric: str) -> str | None:
+    """A warning when the searched heads score far below the probe they started beside, else None."""
+    head_value, probe_value = heads.get(metric), probe.get(metric)
+    if head_value is None or probe_value is None or head_value >= probe_value - SHORTFALL:
+        return None
+    return (
+        f"the searched heads score far below the plain probe on validation ({metric} {head_value:.4f} vs "
+        f"{probe_value:.4f}); the probe stays the better model: check the trials' validation losses in search.json"
     )
 
 

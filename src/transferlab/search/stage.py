@@ -42,7 +42,7 @@ def search_stage(
         jobs=config.search_jobs,
         ensemble=config.search_ensemble,
         seed=config.seed,
-        probe_test_metrics=None if probe is None else probe.metrics.get("test", {}),
+        probe_metrics=None if probe is None else probe.metrics,
         **study,
     )
     log.info(outcome.summary())
