@@ -38,7 +38,8 @@ def test_constant_training_channels_are_switched_off_not_blown_up() -> None:
 
 def test_probe_is_deployed_refit_on_train_and_val_and_scored_on_val_by_its_train_only_twin() -> None:
     rng = np.random.default_rng(1)
-    x = {s: rng.normal(size=(n, 6)) + (np.arange(n) % 3)[:, None] for s, n in (("train", 45), ("val", 15), ("test", 15))}
+    sizes = {"train": 45, "val": 15, "test": 15}
+    x = {s: rng.normal(size=(n, 6)) + (np.arange(n) % 3)[:, None] for s, n in sizes.items()}
     y = {s: np.arange(len(v)) % 3 for s, v in x.items()}
     probe = fit_probe(x, y, ["a", "b", "c"], seed=0)
     assert probe.fit_images == 60 and probe.model[0].n_samples_seen_ == 60
@@ -91,7 +92,8 @@ def test_run_with_a_separate_test_set(tmp_path: Path, tiny_run_options: dict) ->
     assert record["probe"]["fit_on"] == "train+val" and record["probe"]["fit_images"] == 30
     assert result.metrics["test"]["n"] == 8
     assert any("leaked.png" in str(p) and "same content as test image" in str(p) for p in result.problems)
-    split_rows = list(csv.DictReader(open(result.run_dir / "split.csv")))
+    with open(result.run_dir / "split.csv") as handle:
+        split_rows = list(csv.DictReader(handle))
     assert {r["path"].split("/")[0] for r in split_rows if r["split"] == "test"} == {"test"}
 
 

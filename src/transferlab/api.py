@@ -21,7 +21,6 @@ from transferlab.backbones.model import HEAD
 from transferlab.config import RunConfig
 from transferlab.data import load_dataset
 from transferlab.errors import TransferlabError
-from transferlab.metrics import classification_metrics, headline
 from transferlab.predict import Predictions, Predictor, collect_inputs, load_predictor, predict_paths
 from transferlab.record import layout
 
@@ -160,23 +159,10 @@ class ImageClassifier(BaseEstimator):
 
         Unreadable images are left out (with a warning), as ``fit`` leaves them out.
         """
-        predictor = self._fitted()
+        from transferlab.evaluate.scoring import evaluate_dataset
+
         dataset = load_dataset(data, label_sep=label_sep)
-        unknown = sorted(set(dataset.classes) - set(predictor.classes))
-        if unknown:
-            raise TransferlabError(f"{data}: classes the model does not know: {', '.join(unknown)}")
-        if dataset.multilabel != predictor.multilabel:
-            raise TransferlabError(f"{data}: the model is {'multi' if predictor.multilabel else 'single'}-label")
-        predictions = predict_paths(predictor, [dataset.absolute(i) for i in range(len(dataset))])
-        for problem in [*dataset.problems, *predictions.skipped]:
+        evaluation = evaluate_dataset(self._fitted(), dataset, data=str(data), model=Path(self.run_dir_))
+        for problem in evaluation.problems:
             warnings.warn(str(problem), stacklevel=2)
-        kept = {path: index for index, path in enumerate(map(dataset.absolute, range(len(dataset))))}
-        rows = [kept[path] for path in predictions.paths]
-        columns = [predictor.classes.index(name) for name in dataset.classes]
-        if dataset.multilabel:
-            y_true = np.zeros((len(rows), len(predictor.classes)), dtype=dataset.y.dtype)
-            y_true[:, columns] = dataset.y[rows]
-        else:
-            y_true = np.asarray(columns)[dataset.y[rows]]
-        metrics = classification_metrics(y_true, predictions.scores, predictor.classes, predictor.thresholds)
-        return float(headline(metrics)[1])
+        return float(evaluation.headline[1])

@@ -11,6 +11,7 @@ COMMAND_MODULES = (
     "rank",
     "export",
     "predict",
+    "evaluate",
     "runs",
     "compare",
     "rerun",

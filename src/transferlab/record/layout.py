@@ -30,3 +30,8 @@ LR_FIND_PLOT = "lr_find.png"
 AUGMENTATION_PREVIEW = "augmentation_preview.png"
 ADVICE = "advice.json"
 REPORT = "report.html"
+# ``transferlab evaluate RUN DATA`` writes one folder per data set it scored: evaluations/<data name>/
+EVALUATIONS = "evaluations"
+EVALUATION_PAGE = "evaluation.html"  # metrics, confusion matrix, per-class scores, worst errors
+EVALUATION_METRICS = "evaluation.json"  # classification_metrics of the data set, plus what was skipped
+EVALUATION_PREDICTIONS = "predictions.csv"  # one row per scored image, in the format of the run's predictions.csv

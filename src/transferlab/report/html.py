@@ -241,3 +241,13 @@ def write_report(run_path: Path, advice: list[Advice] | None = None) -> Path:
     advice = advise(run_path) if advice is None else advice
     atomic_write_text(run_path / layout.REPORT, render_report(report_context(load_run(run_path), advice)))
     return run_path / layout.REPORT
+
+
+EVALUATION_TEMPLATE = "evaluation.html"
+
+
+def render_evaluation(context: dict[str, Any]) -> str:
+    """The page of ``transferlab evaluate`` (context built by :mod:`transferlab.evaluate.page`), rendered with the
+    same autoescaping environment as the run report, so names from the user's data cannot inject HTML."""
+    environment = Environment(loader=PackageLoader("transferlab", "report/templates"), autoescape=select_autoescape())
+    return environment.get_template(EVALUATION_TEMPLATE).render(**context)
