@@ -13,6 +13,7 @@ from conftest import run_with
 from PIL import Image
 
 from transferlab.cli import main
+from transferlab.model import load_run_model
 
 RUN_FILES = {
     "config.json",
@@ -200,5 +201,13 @@ def test_run_all_stages_records_each_and_predicts_with_the_final_model(
     with open(run_dir / "predictions.csv", newline="") as handle:
         test_rows = [row for row in csv.DictReader(handle) if row["split"] == "test"]
     accuracy = np.mean([row["true"] == row["predicted"] for row in test_rows])
-    assert accuracy == pytest.approx(finetune["test_metrics"]["accuracy"])
+    # one epoch at 32 px loses to the probe on validation, so the probe stays the deployed model
+    deployed = json.loads((run_dir / "deployed.json").read_text())
+    assert deployed["stage"] == "probe" and deployed["finetune_val"] < deployed["probe_val"]
+    assert "deployed: probe (fine-tuning did not beat the probe on validation" in out
+    probe_test = json.loads((run_dir / "metrics.json").read_text())["test"]["accuracy"]
+    assert accuracy == pytest.approx(probe_test) and accuracy != pytest.approx(finetune["test_metrics"]["accuracy"])
+    assert load_run_model(run_dir).kind == "probe"
+    advice = json.loads((run_dir / "advice.json").read_text())
+    assert "fine_tuning_did_not_pay" in {item["id"] for item in advice}
     assert "Fine-tuning" in (run_dir / "report.html").read_text()

@@ -52,6 +52,7 @@ class RunResult:
     record: dict[str, Any] = field(default_factory=dict)
     stage_test_metrics: dict[str, dict[str, Any]] = field(default_factory=dict)
     advice: list[Advice] = field(default_factory=list)
+    deployed: dict[str, Any] = field(default_factory=dict)
 
     @property
     def report_path(self) -> Path:
@@ -69,6 +70,8 @@ class RunResult:
             for stage, values in self.stage_test_metrics.items():
                 key, value = headline(values)
                 lines.append(f"  {stage:<12} {key} {_number(value)}")
+        if self.deployed:
+            lines.append(f"deployed: {self.deployed['stage']} ({self.deployed['reason']})")
         return "\n".join(lines)
 
 
@@ -101,9 +104,16 @@ def run(
     if config.trials:
         searched, _ = search_stage(prepared, run_dir.path, config, probe)
         stage_metrics["head search"] = searched.test_metrics
+    tuned_val = None
     if config.finetune is not None:
         options = finetune_options(config, searched, probe)
-        stage_metrics["fine-tune"], rows = finetune_stage(prepared, run_dir.path, options, probe, searched)
+        stage_metrics["fine-tune"], tuned_rows, tuned_val = finetune_stage(
+            prepared, run_dir.path, options, probe, searched
+        )
+    deployed = _deploy(probe, tuned_val, searched is not None)
+    run_dir.write_json(layout.DEPLOYED, deployed)
+    if deployed["stage"] == "fine-tuning":
+        rows = tuned_rows
     write_predictions(run_dir, rows, prepared.dataset.classes)
     timings = {
         "extraction_seconds": prepared.extraction_seconds(),
@@ -117,6 +127,7 @@ def run(
         run_dir.path, probe.metrics, prepared.dataset.classes, prepared.problems, extraction, timings, config, facts
     )
     result.stage_test_metrics = {stage: values for stage, values in stage_metrics.items() if values}
+    result.deployed = deployed
     result.advice = advise(run_dir.path)
     write_report(run_dir.path, result.advice)
     return result
@@ -133,6 +144,27 @@ def _rank(config: RunConfig, cache_dir: str | Path | None, progress: bool) -> tu
     chosen = ranking.chosen
     weights = config.weights if chosen.backbone == config.backbone else None
     return replace(config, backbone=chosen.backbone, cut_point=chosen.cut_point, weights=weights), ranking
+
+
+def _deploy(probe: ProbeResult, tuned_val: dict[str, Any] | None, searched: bool) -> dict[str, Any]:
+    """Which model ``predict``, ``export`` and ``evaluate`` use: the fine-tuned network only when it beat the probe
+    on validation (both trained on the train split only), so fine-tuning never ends below where it started."""
+    metric, probe_val = headline(probe.metrics.get("val") or {"accuracy": None})
+    evidence: dict[str, Any] = {"metric": metric, "probe_val": probe_val}
+    if tuned_val is None:
+        reason = "searched heads are reported, not deployed; --finetune trains a deployable one" if searched else ""
+        return {"stage": "probe", "reason": reason or "the only trained model", **evidence}
+    tuned = headline(tuned_val)[1]
+    evidence["finetune_val"] = tuned
+    if tuned is not None and (probe_val is None or tuned > probe_val):
+        reason = f"it beat the probe on validation ({metric} {tuned:.4f} vs {_number(probe_val)})"
+        return {"stage": "fine-tuning", "reason": reason, **evidence}
+    return {
+        "stage": "probe",
+        "reason": f"fine-tuning did not beat the probe on validation ({metric} {_number(tuned)} vs "
+        f"{_number(probe_val)}); the probe, refit on train + val, is kept",
+        **evidence,
+    }
 
 
 def _probe_facts(probe: ProbeResult, cut_point: str) -> dict[str, Any]:

@@ -145,6 +145,19 @@ def _head_facts(run: RunFiles) -> Facts:
     return facts
 
 
+def _deployed_facts(run: RunFiles) -> Facts:
+    """Fine-tuning vs the probe on validation, as the run decided what to deploy (``deployed.json``)."""
+    deployed = run.deployed or {}
+    if deployed.get("finetune_val") is None or deployed.get("probe_val") is None:
+        return {}
+    return {
+        "deployed_stage": deployed["stage"],
+        "val_metric_name": deployed.get("metric", "metric"),
+        "finetune_val_metric": deployed["finetune_val"],
+        "probe_val_metric": deployed["probe_val"],
+    }
+
+
 def _duplicate_facts(run: RunFiles) -> Facts:
     if not run.split_rows:
         return {}
@@ -162,6 +175,7 @@ def _duplicate_facts(run: RunFiles) -> Facts:
 def gather_facts(run: RunFiles) -> Facts:
     """All facts about one run, from whatever evidence it has."""
     facts: Facts = {}
-    for part in (_curve_facts, _fraction_facts, _class_facts, _learning_rate_facts, _head_facts, _duplicate_facts):
+    parts = (_curve_facts, _fraction_facts, _class_facts, _learning_rate_facts, _head_facts, _deployed_facts)
+    for part in (*parts, _duplicate_facts):
         facts.update(part(run))
     return {key: value for key, value in facts.items() if value is not None}

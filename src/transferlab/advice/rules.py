@@ -72,11 +72,28 @@ RULES: tuple[Rule, ...] = (
     Rule(
         "small_data_regime",
         ("images_per_class_median", "n_classes"),
-        lambda f: f["images_per_class_median"] < 1000,
+        # only without the run's own fine-tuning evidence: a measurement beats a rule of thumb
+        lambda f: f["images_per_class_median"] < 1000 and "finetune_val_metric" not in f,
         "Small data: {images_per_class_median} images per class (median over {n_classes} classes), under 1,000. "
         "A linear probe or SVM on bottleneck features is the reliable choice; fine-tuning the backbone tends to "
         "overfit here.",
         severity="info",
+    ),
+    Rule(
+        "fine_tuning_paid",
+        ("deployed_stage", "finetune_val_metric", "probe_val_metric", "val_metric_name"),
+        lambda f: f["deployed_stage"] == "fine-tuning",
+        "Fine-tuning paid off here: validation {val_metric_name} {finetune_val_metric:.3f} vs the probe's "
+        "{probe_val_metric:.3f}, so the fine-tuned model is the one deployed.",
+        severity="info",
+    ),
+    Rule(
+        "fine_tuning_did_not_pay",
+        ("deployed_stage", "finetune_val_metric", "probe_val_metric", "val_metric_name"),
+        lambda f: f["deployed_stage"] == "probe",
+        "Fine-tuning did not beat the linear probe on validation ({val_metric_name} {finetune_val_metric:.3f} vs "
+        "{probe_val_metric:.3f}), so the probe is deployed. More images per class, more epochs or a shallower "
+        "unfreeze may change that; the features alone are doing the work.",
     ),
     Rule(
         "fine_tune_regime",

@@ -62,8 +62,8 @@ def finetune_stage(
     options: FinetuneOptions,
     probe: ProbeResult,
     searched: SearchOutcome | None,
-) -> tuple[dict[str, Any], list[list[str]]]:
-    """Fine-tune; returns the test metrics and the final model's ``predictions.csv`` rows.
+) -> tuple[dict[str, Any], list[list[str]], dict[str, Any]]:
+    """Fine-tune; returns the test metrics, the fine-tuned model's ``predictions.csv`` rows and its val metrics.
 
     When the searched head is the one being fine-tuned, training starts from its trained weights.
     """
@@ -77,4 +77,4 @@ def finetune_stage(
         rows += prediction_rows(
             split_name, paths, targets[split_name], outcome.scores[split_name], prepared.dataset.classes, thresholds
         )
-    return outcome.test_metrics, rows
+    return outcome.test_metrics, rows, outcome.metrics.get("val", {})

@@ -93,11 +93,14 @@ def _load_finetuned(run: Path) -> tuple[CutModel, dict[str, Any], dict[str, Any]
 
 
 def load_run_model(run_dir: str | Path, device: torch.device = CPU) -> LoadedModel:
-    """The run's final model in eval mode on ``device``: the fine-tuned network if it has one, else backbone + probe."""
+    """The run's deployed model in eval mode on ``device``: the fine-tuned network if it has one and ``deployed.json``
+    does not name the probe (fine-tuning that lost to it on validation), else backbone + probe."""
     run = Path(run_dir)
     if not run.is_dir():
         raise TransferlabError(f"run directory not found: {run}")
-    kind = "finetuned" if (run / layout.FINETUNED_META).is_file() else "probe"
+    deployed = read_json(run / layout.DEPLOYED) if (run / layout.DEPLOYED).is_file() else {}
+    fine_tuned = (run / layout.FINETUNED_META).is_file() and deployed.get("stage", "fine-tuning") == "fine-tuning"
+    kind = "finetuned" if fine_tuned else "probe"
     module, saved, preprocessing = (_load_finetuned if kind == "finetuned" else _load_probe)(run)
     module.device = device
     return LoadedModel(

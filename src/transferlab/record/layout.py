@@ -24,6 +24,7 @@ FINETUNE_SEARCH = "finetune_search.json"
 FINETUNE_CHECKPOINT = "finetune_checkpoint.safetensors"
 FINETUNED_WEIGHTS = "finetuned.safetensors"
 FINETUNED_META = "finetuned.json"
+DEPLOYED = "deployed.json"  # which stage's model predict/export/evaluate use, and the validation evidence why
 FOLDS = "folds.json"
 LR_FIND = "lr_find.json"
 LR_FIND_PLOT = "lr_find.png"

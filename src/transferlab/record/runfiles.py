@@ -52,6 +52,7 @@ class RunFiles:
     search: dict[str, Any] | None = None
     fractions: dict[str, Any] | None = None
     finetune: dict[str, Any] | None = None
+    deployed: dict[str, Any] | None = None
     split_rows: list[dict[str, str]] = field(default_factory=list)
     predictions: list[dict[str, str]] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
@@ -76,10 +77,14 @@ class RunFiles:
         return datetime.fromtimestamp(stamp, tz=timezone.utc)
 
     def final_metrics(self) -> tuple[str, dict[str, dict[str, Any]]]:
-        """The final model's metrics per split and which stage produced it (fine-tuning > head search > probe).
+        """The deployed model's metrics per split and which stage produced it: what ``deployed.json`` says (``run``
+        writes it), else fine-tuning > head search > probe.
 
         Later stages store only test metrics; the probe's ``metrics.json`` has all three splits.
         """
+        stage = (self.deployed or {}).get("stage")
+        if stage == "probe":
+            return stage, self.metrics
         for stage, payload in (("fine-tuning", self.finetune), ("head search", self.search)):
             if payload and payload.get("test_metrics"):
                 return stage, {"test": payload["test_metrics"]}
@@ -130,6 +135,7 @@ def load_run(run_path: str | Path) -> RunFiles:
         search=_json(path / layout.SEARCH),
         fractions=_json(path / layout.FRACTIONS),
         finetune=_json(path / layout.FINETUNE),
+        deployed=_json(path / layout.DEPLOYED),
         split_rows=_csv(path / layout.SPLIT),
         predictions=_csv(path / layout.PREDICTIONS),
         problems=[line for line in problems if line.strip()],

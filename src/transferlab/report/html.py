@@ -205,6 +205,7 @@ def report_context(run: RunFiles, advice: list[Advice]) -> dict[str, Any]:
         "results": _results(run),
         "probe_c": _probe_c(run),
         "final_stage": stage,
+        "deployed_reason": (run.deployed or {}).get("reason"),
         "confusion": data_uri(plots.confusion_matrix_png(test["confusion_matrix"], run.classes))
         if test.get("confusion_matrix")
         else None,
