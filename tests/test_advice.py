@@ -69,12 +69,22 @@ CASES = {
         {"images_per_class_median": 80, "n_classes": 10, "finetune_val_metric": 0.83},
     ),
     "fine_tuning_paid": (
-        {"deployed_stage": "fine-tuning", "finetune_val_metric": 0.83, "probe_val_metric": 0.78, "val_metric_name": "a"},
+        {
+            "deployed_stage": "fine-tuning",
+            "finetune_val_metric": 0.83,
+            "probe_val_metric": 0.78,
+            "val_metric_name": "a",
+        },
         {"deployed_stage": "probe", "finetune_val_metric": 0.75, "probe_val_metric": 0.78, "val_metric_name": "a"},
     ),
     "fine_tuning_did_not_pay": (
         {"deployed_stage": "probe", "finetune_val_metric": 0.75, "probe_val_metric": 0.78, "val_metric_name": "a"},
-        {"deployed_stage": "fine-tuning", "finetune_val_metric": 0.83, "probe_val_metric": 0.78, "val_metric_name": "a"},
+        {
+            "deployed_stage": "fine-tuning",
+            "finetune_val_metric": 0.83,
+            "probe_val_metric": 0.78,
+            "val_metric_name": "a",
+        },
     ),
     "fine_tune_regime": (
         {"images_per_class_median": 3000, "n_classes": 10},
