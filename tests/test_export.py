@@ -237,3 +237,43 @@ def test_lite0_demo_run_onnx_predicts_the_same_test_classes_as_pytorch(tmp_path:
     assert onnx.labels == [reported[str(path.relative_to(DEMO))] for path in test_paths]
     accuracy = np.mean([label == path.parent.name for label, path in zip(onnx.labels, test_paths, strict=True)])
     assert accuracy == pytest.approx(run.metrics["test"]["accuracy"], abs=1e-9)
+
+
+def test_probe_on_joined_depths_is_deployed_exported_and_refused_for_fine_tuning(
+    tmp_path: Path, tiny_weights: Path
+) -> None:
+    """A joined cut point (pooled features of several depths side by side) reloads and exports as one graph that
+    reproduces the run's own test predictions; fine-tuning, which needs one cut point, refuses it in one line."""
+    options = {"backbone": TINY_BACKBONE, "weights": str(tiny_weights), "image_size": TINY_SIZE, "workers": 0}
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TRANSFERLAB_FP32", "1")
+        run = run_with(
+            make_class_folder(tmp_path / "data"),
+            runs_dir=tmp_path / "runs",
+            name="joined",
+            cache_dir=tmp_path / "cache",
+            cut_point="blocks.1+blocks.3+head",
+            progress=False,
+            **options,
+        )
+    model = load_run_model(run.run_dir)
+    assert model.cut_point == "blocks.1+blocks.3+head" and model.module.joined == [1, 3, None]
+    rows = [row for row in _read_csv(run.run_dir / "predictions.csv") if row["split"] == "test"]
+    images = _batch(model, [Path(run.config.data) / row["path"] for row in rows])
+    with torch.inference_mode():
+        expected = model.module(images).numpy()
+    np.testing.assert_allclose(expected.max(axis=1), [float(row["confidence"]) for row in rows], atol=2e-4)
+    out = export_onnx(run.run_dir, tmp_path / "onnx").out_dir
+    actual = onnx_session(out / "model.onnx").run(None, {INPUT_NAME: images.numpy()})[0]
+    np.testing.assert_allclose(actual, expected, atol=1e-5)
+    with pytest.raises(TransferlabError, match="joins several cut points"):
+        run_with(tmp_path / "data", cut_point="blocks.1+head", finetune={"epochs": 1}, progress=False, **options)
+
+
+def test_probe_keeps_the_input_that_cross_validates_best(tiny_run_options: dict, class_folder: Path) -> None:
+    result = run_with(class_folder, name="depths", **tiny_run_options)
+    probe = result.record["probe"]
+    assert set(probe["candidates"]) == {"head", "blocks.3+blocks.4+head"}
+    assert probe["candidates"][probe["cut_point"]] == max(probe["candidates"].values())
+    single = run_with(class_folder, name="single", multi_depth=False, **tiny_run_options)
+    assert list(single.record["probe"]["candidates"]) == ["head"]

@@ -46,6 +46,7 @@ class ImageClassifier(BaseEstimator):
         cut_point: str = HEAD,
         seed: int = 0,
         *,
+        multi_depth: bool = True,
         test: str | None = None,
         groups: str | None = None,
         weights: str | None = None,

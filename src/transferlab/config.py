@@ -21,13 +21,16 @@ class RunConfig:
     ``trials`` 0 turns the head search off, ``finetune`` None turns fine-tuning off (else FinetuneOptions fields),
     ``backbones`` (several names) ranks them first. ``test``: a separate labelled folder or CSV scored as the test
     split (then none is carved out of ``data``); ``groups``: the CSV column whose images stay on one side of every
-    split and fold. Bad values raise a one-line :class:`TransferlabError`.
+    split and fold. ``multi_depth``: with the ``head`` cut point the probe also tries the pre-logits joined with the
+    last two stages' pooled features and keeps whichever cross-validates better. Bad values raise a one-line
+    :class:`TransferlabError`.
     """
 
     data: str
     backbone: str = DEFAULT_BACKBONE
     weights: str | None = None
     cut_point: str = HEAD
+    multi_depth: bool = True
     image_size: int | None = None
     seed: int = 0
     subset: float | None = None

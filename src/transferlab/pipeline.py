@@ -12,7 +12,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from transferlab.advice import Advice, advise
+from transferlab.backbones.cut import HEAD, deep_join
 from transferlab.config import RunConfig
 from transferlab.data import Problem
 from transferlab.finetune.stage import finetune_options, finetune_stage
@@ -93,8 +96,8 @@ def run(
     config, ranking = _rank(config, cache_dir, progress)
     prepared = prepare(config, cache_dir=cache_dir, progress=progress)
     run_dir = RunDir(Path(runs_dir), name or default_run_name(Path(config.data)))
-    probe, rows = _probe_stage(prepared, run_dir)
-    facts = prepared.write_record(run_dir, probe=_probe_facts(probe, config.cut_point))
+    probe, rows, candidates = _probe_stage(prepared, run_dir)
+    facts = prepared.write_record(run_dir, probe=_probe_facts(probe, candidates))
     if ranking is not None:
         from transferlab.rank.ranking import write_ranking
 
@@ -167,13 +170,14 @@ def _deploy(probe: ProbeResult, tuned_val: dict[str, Any] | None, searched: bool
     }
 
 
-def _probe_facts(probe: ProbeResult, cut_point: str) -> dict[str, Any]:
+def _probe_facts(probe: ProbeResult, candidates: dict[str, float | None]) -> dict[str, Any]:
     """The probe's part of record.json."""
     thresholds = None if probe.thresholds is None else probe.thresholds.tolist()
     return {
         "kind": "logistic_regression",
         "C": probe.C,
-        "cut_point": cut_point,
+        "cut_point": probe.cut_point,
+        "candidates": candidates,  # cut point -> cross-validated log-likelihood per image; the best is kept
         "thresholds": thresholds,
         # which images each model saw: C by k-fold CV on train+val, deployed refit on both, val scored by a twin
         "fit_on": "train+val",
@@ -181,17 +185,39 @@ def _probe_facts(probe: ProbeResult, cut_point: str) -> dict[str, Any]:
     }
 
 
-def _probe_stage(prepared: PreparedData, run_dir: RunDir) -> tuple[ProbeResult, list[list[str]]]:
-    """Fit the cross-validated probe; write metrics.json and probe.*; return it and its prediction rows."""
-    features, targets, dataset = prepared.features(), prepared.targets(), prepared.dataset
-    probe = fit_probe(features, targets, dataset.classes, seed=prepared.config.seed, groups=prepared.fit_groups())
+def _probe_candidates(prepared: PreparedData) -> list[str]:
+    """The configured cut point, and at ``head`` (unless ``multi_depth`` is off) also the deep joined one."""
+    config = prepared.config
+    if not config.multi_depth or config.cut_point != HEAD:
+        return [config.cut_point]
+    return [HEAD, deep_join(prepared.backbone.model)]
+
+
+def _probe_stage(
+    prepared: PreparedData, run_dir: RunDir
+) -> tuple[ProbeResult, list[list[str]], dict[str, float | None]]:
+    """Fit the cross-validated probe on each candidate input and keep the one that cross-validates best (the
+    first on a tie or without CV); write metrics.json and probe.*; return it, its prediction rows and the CV
+    score of every candidate."""
+    targets, dataset, seed = prepared.targets(), prepared.dataset, prepared.config.seed
+    fits = {}
+    for cut_point in _probe_candidates(prepared):
+        fits[cut_point] = fit_probe(
+            prepared.features(cut_point), targets, dataset.classes, seed=seed, groups=prepared.fit_groups()
+        )
+        fits[cut_point].cut_point = cut_point
+    candidates = {cut_point: probe.cv_score for cut_point, probe in fits.items()}
+    probe = max(fits.values(), key=lambda p: -np.inf if p.cv_score is None else p.cv_score)
+    if len(fits) > 1:
+        shown = ", ".join(f"{c} {_number(v)}" for c, v in candidates.items())
+        log.info(f"probe inputs by cross-validated log-likelihood: {shown}; kept {probe.cut_point}")
+    features = prepared.features(probe.cut_point)
     run_dir.write_json(layout.METRICS, probe.metrics)
-    cut_point, identity = prepared.config.cut_point, prepared.backbone.identity()
-    save_probe(run_dir.path, probe, dataset.classes, cut_point, identity, dataset.multilabel)
+    save_probe(run_dir.path, probe, dataset.classes, probe.cut_point, prepared.backbone.identity(), dataset.multilabel)
     rows = []
     for split_name in ("val", "test"):
         if len(features[split_name]):
             paths = [dataset.paths[i] for i in prepared.split.indices(split_name)]
             scores = probe.val_scores if split_name == "val" else probe.predict_scores(features[split_name])
             rows += prediction_rows(split_name, paths, targets[split_name], scores, dataset.classes, probe.thresholds)
-    return probe, rows
+    return probe, rows, candidates

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from transferlab.backbones import load_backbone
-from transferlab.backbones.cut import stage_index
+from transferlab.backbones.cut import cut_indices, cut_parts
 from transferlab.backbones.model import Backbone
 from transferlab.config import RunConfig
 from transferlab.data import ImageDataset, Problem, load_dataset, make_split, stratified_subset
@@ -71,7 +71,8 @@ class PreparedData:
         """Cached features at ``cut_point`` (default: the configured one), per split name; validation and test
         features are fp32 (what deployment runs) even when training features are bf16."""
         name = cut_point or self.config.cut_point
-        matrix = load_features(self.cache, self.held_out, self.hashes, name)
+        parts = [load_features(self.cache, self.held_out, self.hashes, part) for part in cut_parts(name)]
+        matrix = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)  # a joined cut point
         return {s: matrix[self.split.indices(s)] for s in SPLITS}
 
     def fit_groups(self) -> np.ndarray | None:
@@ -177,7 +178,7 @@ def prepare(
     backbone = load_backbone(
         config.backbone, config.weights, allow_download=config.allow_download, image_size=config.image_size
     )
-    stage_index(backbone.model, config.cut_point)  # an unknown cut point fails here, before any extraction
+    cut_indices(backbone.model, config.cut_point)  # an unknown cut point fails here, before any extraction
     if config.subset:
         dataset = dataset.subset(stratified_subset(dataset.y, config.subset, config.seed))
     n_given = len(dataset)

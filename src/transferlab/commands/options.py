@@ -46,6 +46,13 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--allow-download", action="store_true", help="fetch weights from the Hugging Face hub")
     parser.add_argument("--image-size", type=int, help="override the backbone's input resolution (pixels)")
     parser.add_argument("--cut-point", default=HEAD, help="where to take features: a stage (e.g. blocks.4) or 'head'")
+    parser.add_argument(
+        "--single-depth",
+        dest="multi_depth",
+        action="store_false",
+        help="the probe uses only --cut-point's features (by default, at 'head', it also tries the pre-logits joined "
+        "with the last two stages' pooled features and keeps what cross-validates better on train + val)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed for split, subset and models (default 0)")
     parser.add_argument("--subset", type=float, help="use a stratified fraction of the data, e.g. 0.25")
     parser.add_argument(
@@ -78,6 +85,7 @@ RUN_OPTION_NAMES = (
     "allow_download",
     "image_size",
     "cut_point",
+    "multi_depth",
     "seed",
     "subset",
     "val_fraction",

@@ -200,7 +200,8 @@ def _warm_start(
             raise TransferlabError(f"head_init is a {head_init.spec.describe()} head, not {spec.describe()}")
         net.head.load_state_dict(head_init.state_dict())
         return source
-    probe = probe or fit_probe(prepared.features(), prepared.targets(), prepared.dataset.classes, seed=options.seed)
+    if probe is None or probe.cut_point not in (None, prepared.config.cut_point):  # e.g. joined depths: refit
+        probe = fit_probe(prepared.features(), prepared.targets(), prepared.dataset.classes, seed=options.seed)
     init_from_probe(net, probe.train_model, len(prepared.dataset.classes))  # it has not seen val
     return source
 

@@ -15,7 +15,7 @@ import torch
 from timm.data import create_transform
 
 from transferlab.backbones import load_backbone
-from transferlab.backbones.cut import cut_network
+from transferlab.backbones.cut import JOIN, cut_indices, cut_network
 from transferlab.backbones.model import create_network, read_weights
 from transferlab.errors import TransferlabError
 from transferlab.fileio import read_json
@@ -74,9 +74,12 @@ def _load_probe(run: Path) -> tuple[CutModel, dict[str, Any], dict[str, Any]]:
             f"used (sha256 {backbone.weights.sha256[:12]} != {saved['weights_sha256'][:12]})"
         )
     tensors = {name: tensor.numpy() for name, tensor in read_weights(run / layout.PROBE_WEIGHTS).items()}
-    body, index = cut_network(backbone.model, saved["cut_point"])
     head = ProbeHead(tensors, len(saved["classes"]), saved["multilabel"])
     preprocessing = record.get("backbone", {}).get("preprocessing") or backbone.data_config
+    if JOIN in saved["cut_point"]:  # several depths side by side: the network stays whole
+        joined = cut_indices(backbone.model, saved["cut_point"])
+        return CutModel(backbone.model, head, None, pooled=True, joined=joined), saved, preprocessing
+    body, index = cut_network(backbone.model, saved["cut_point"])
     return CutModel(body, head, index, pooled=True), saved, preprocessing
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from transferlab.backbones.cut import cut_maps, cut_network, pool
+from transferlab.backbones.cut import cut_maps, cut_network, joined_features, pool
 from transferlab.errors import TransferlabError
 from transferlab.heads import HeadSpec, build_head
 from transferlab.metrics import probabilities
@@ -25,18 +25,29 @@ class CutModel(nn.Module):
 
     device: torch.device = CPU
 
-    def __init__(self, body: nn.Module, head: nn.Module, stage_index: int | None, pooled: bool = False) -> None:
+    def __init__(
+        self,
+        body: nn.Module,
+        head: nn.Module,
+        stage_index: int | None,
+        pooled: bool = False,
+        joined: list[int | None] | None = None,
+    ) -> None:
         super().__init__()
         self.body, self.head, self.stage_index, self.pooled = body, head, stage_index, pooled
+        self.joined = joined  # a probe on a joined cut point: pooled features of these stages side by side
         self.output: str | None = None
 
     def maps(self, images: torch.Tensor) -> torch.Tensor:
         return cut_maps(self.body, images, self.stage_index)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        features = self.maps(images)
-        if self.pooled:
-            features = pool(self.body, features, self.stage_index)
+        if self.joined is not None:
+            features = joined_features(self.body, images, self.joined)
+        else:
+            features = self.maps(images)
+            if self.pooled:
+                features = pool(self.body, features, self.stage_index)
         scores = self.head(features)
         return scores if self.output is None else probabilities(scores, multilabel=self.output == "sigmoid")
 
