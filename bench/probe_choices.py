@@ -72,23 +72,26 @@ def main() -> None:
     parser.add_argument("--only", help="comma-separated dataset names")
     parser.add_argument("--cache", type=Path, default=ROOT / "bench" / "data" / "cache")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--crop-pct", type=float, help="centre-crop ratio (default: the backbone's; 1.0: whole image)")
+    parser.add_argument("--candidates", default=",".join(CANDIDATES), help="comma-separated names of CANDIDATES")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     only = set(args.only.split(",")) if args.only else None
-    names = list(CANDIDATES)
+    names = args.candidates.split(",")
     print(f"{'dataset':<16} " + "  ".join(f"{n:>19}" for n in names) + "   (CV on train | test)")
     means = {n: [] for n in names}
     for name, train, test in datasets(args.suite, only):
         started = time.perf_counter()
         prepared = prepare(
-            RunConfig(str(train), test=str(test), val_fraction=0.15), cache_dir=args.cache, progress=False
+            RunConfig(str(train), test=str(test), crop_pct=args.crop_pct), cache_dir=args.cache, progress=False
         )
         y_all, split = prepared.dataset.y, prepared.split
         fit_rows = np.concatenate([split.indices("train"), split.indices("val")])
         test_rows = split.indices("test")
         classes = prepared.dataset.classes
         cells = []
-        for label, cuts in CANDIDATES.items():
+        for label in names:
+            cuts = CANDIDATES[label]
             matrix = np.concatenate([_all_rows(prepared, cut) for cut in cuts], axis=1)
             cv = cv_score(matrix[fit_rows], y_all[fit_rows], classes, args.seed)
             probe = fit_probe(

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import make_class_folder, run_with
+from conftest import TINY_BACKBONE, TINY_SIZE, make_class_folder, run_with
 
 from transferlab.cli import main
 from transferlab.data import load_dataset, make_split
@@ -111,3 +111,19 @@ def test_test_set_with_an_unknown_class_is_a_one_line_error(
 def test_search_that_falls_far_below_the_probe_says_so() -> None:
     assert _shortfall({"accuracy": 0.27}, {"accuracy": 0.80}, "accuracy").startswith("the searched heads score far")
     assert _shortfall({"accuracy": 0.78}, {"accuracy": 0.80}, "accuracy") is None
+
+
+def test_crop_pct_changes_the_preprocessing_the_cache_key_and_the_deployed_transform(
+    tiny_weights: Path, class_folder: Path, tiny_run_options: dict
+) -> None:
+    from transferlab.backbones import load_backbone
+    from transferlab.model import load_run_model
+
+    whole = load_backbone(TINY_BACKBONE, tiny_weights, image_size=TINY_SIZE, crop_pct=1.0)
+    default = load_backbone(TINY_BACKBONE, tiny_weights, image_size=TINY_SIZE)
+    assert whole.data_config["crop_pct"] == 1.0 and default.data_config["crop_pct"] < 1.0
+    assert whole.identity() != default.identity()  # features of another preprocessing never mix in one cache
+    result = run_with(class_folder, name="whole", crop_pct=1.0, **tiny_run_options)
+    assert load_run_model(result.run_dir).preprocessing["crop_pct"] == 1.0
+    with pytest.raises(TransferlabError, match="--crop-pct must be in"):
+        run_with(class_folder, crop_pct=1.5, **tiny_run_options)

@@ -204,6 +204,7 @@ def test_run_all_stages_records_each_and_predicts_with_the_final_model(
     # one epoch at 32 px loses to the probe on validation, so the probe stays the deployed model
     deployed = json.loads((run_dir / "deployed.json").read_text())
     assert deployed["stage"] == "probe" and deployed["finetune_val"] < deployed["probe_val"]
+    assert deployed["trained_on"].startswith("train + val")
     assert "deployed: probe (fine-tuning did not beat the probe on validation" in out
     probe_test = json.loads((run_dir / "metrics.json").read_text())["test"]["accuracy"]
     assert accuracy == pytest.approx(probe_test) and accuracy != pytest.approx(finetune["test_metrics"]["accuracy"])

@@ -51,6 +51,7 @@ class ImageClassifier(BaseEstimator):
         groups: str | None = None,
         weights: str | None = None,
         image_size: int | None = None,
+        crop_pct: float | None = None,
         subset: float | None = None,
         val_fraction: float = 0.15,
         test_fraction: float = 0.15,

@@ -32,6 +32,7 @@ class RunConfig:
     cut_point: str = HEAD
     multi_depth: bool = True
     image_size: int | None = None
+    crop_pct: float | None = None
     seed: int = 0
     subset: float | None = None
     val_fraction: float = 0.15
@@ -54,6 +55,7 @@ class RunConfig:
         self.data = str(self.data)
         self.test = None if self.test is None else str(self.test)
         require(self.image_size is None or self.image_size >= 8, f"--image-size must be >= 8, got {self.image_size}")
+        require(self.crop_pct is None or 0 < self.crop_pct <= 1, f"--crop-pct must be in (0, 1], got {self.crop_pct}")
         require(self.subset is None or 0 < self.subset <= 1, f"--subset must be in (0, 1], got {self.subset}")
         for name in ("val_fraction", "test_fraction"):
             value = getattr(self, name)

@@ -154,18 +154,20 @@ def _deploy(probe: ProbeResult, tuned_val: dict[str, Any] | None, searched: bool
     on validation (both trained on the train split only), so fine-tuning never ends below where it started."""
     metric, probe_val = headline(probe.metrics.get("val") or {"accuracy": None})
     evidence: dict[str, Any] = {"metric": metric, "probe_val": probe_val}
+    probe_saw = {"trained_on": f"train + val ({probe.fit_images} images)", "cut_point": probe.cut_point}
     if tuned_val is None:
         reason = "searched heads are reported, not deployed; --finetune trains a deployable one" if searched else ""
-        return {"stage": "probe", "reason": reason or "the only trained model", **evidence}
+        return {"stage": "probe", "reason": reason or "the only trained model", **probe_saw, **evidence}
     tuned = headline(tuned_val)[1]
     evidence["finetune_val"] = tuned
     if tuned is not None and (probe_val is None or tuned > probe_val):
         reason = f"it beat the probe on validation ({metric} {tuned:.4f} vs {_number(probe_val)})"
-        return {"stage": "fine-tuning", "reason": reason, **evidence}
+        return {"stage": "fine-tuning", "reason": reason, "trained_on": "train (val chose its epochs)", **evidence}
     return {
         "stage": "probe",
         "reason": f"fine-tuning did not beat the probe on validation ({metric} {_number(tuned)} vs "
         f"{_number(probe_val)}); the probe, refit on train + val, is kept",
+        **probe_saw,
         **evidence,
     }
 

@@ -176,7 +176,11 @@ def prepare(
     """Index the data, load the backbone, extract (or reuse) features and split; skipped inputs are logged."""
     dataset = load_dataset(config.data, label_sep=config.label_sep, group_column=config.groups)
     backbone = load_backbone(
-        config.backbone, config.weights, allow_download=config.allow_download, image_size=config.image_size
+        config.backbone,
+        config.weights,
+        allow_download=config.allow_download,
+        image_size=config.image_size,
+        crop_pct=config.crop_pct,
     )
     cut_indices(backbone.model, config.cut_point)  # an unknown cut point fails here, before any extraction
     if config.subset:

@@ -110,11 +110,12 @@ def load_backbone(
     allow_download: bool = False,
     keep_classifier: bool = False,
     image_size: int | None = None,
+    crop_pct: float | None = None,
 ) -> Backbone:
     """Build ``name`` from timm, load its weights offline and put it in eval mode.
 
-    ``image_size`` overrides the pretrained input resolution (e.g. small images, quick trials); the crop ratio,
-    interpolation and normalization stay the model's own.
+    ``image_size`` overrides the pretrained input resolution (e.g. small images, quick trials); ``crop_pct`` the
+    centre-crop ratio (1.0: the whole image, resized); interpolation and normalization stay the model's own.
     """
     source = resolve_weights(name, weights, allow_download=allow_download)
     model = create_network(name, keep_classifier=keep_classifier)
@@ -126,4 +127,6 @@ def load_backbone(
     data_config = resolve_model_data_config(model)
     if image_size:
         data_config["input_size"] = (3, image_size, image_size)
+    if crop_pct:
+        data_config["crop_pct"] = float(crop_pct)
     return Backbone(name, model, source, data_config, cut_points, cut_dims)

@@ -45,6 +45,11 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weights", help="local weights file (.safetensors, or .pth loaded with weights_only=True)")
     parser.add_argument("--allow-download", action="store_true", help="fetch weights from the Hugging Face hub")
     parser.add_argument("--image-size", type=int, help="override the backbone's input resolution (pixels)")
+    parser.add_argument(
+        "--crop-pct",
+        type=float,
+        help="centre-crop ratio before resizing (default: the backbone's own, e.g. 0.875; 1.0 keeps the whole image)",
+    )
     parser.add_argument("--cut-point", default=HEAD, help="where to take features: a stage (e.g. blocks.4) or 'head'")
     parser.add_argument(
         "--single-depth",
@@ -84,6 +89,7 @@ RUN_OPTION_NAMES = (
     "weights",
     "allow_download",
     "image_size",
+    "crop_pct",
     "cut_point",
     "multi_depth",
     "seed",

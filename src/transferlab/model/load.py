@@ -67,7 +67,9 @@ def _load_probe(run: Path) -> tuple[CutModel, dict[str, Any], dict[str, Any]]:
     saved = _read(run / layout.PROBE_META)
     config = _read(run / layout.CONFIG)
     record = _read(run / layout.RECORD)
-    backbone = load_backbone(saved["backbone"], config.get("weights"), image_size=config.get("image_size"))
+    backbone = load_backbone(
+        saved["backbone"], config.get("weights"), image_size=config.get("image_size"), crop_pct=config.get("crop_pct")
+    )
     if backbone.weights.sha256 != saved["weights_sha256"]:
         raise TransferlabError(
             f"{run}: the weights found for {saved['backbone']} ({backbone.weights.path}) are not the ones this run "
