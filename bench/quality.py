@@ -2,9 +2,10 @@
 
 For each dataset of ``scripts/make_quality_suite.py`` (built on demand), on its own test folder:
 
-  (a) baseline: fp32 pooled features of every training image (the packaged default backbone, its own transform, a
-      plain torch loop, no transferlab cache), ``StandardScaler`` + ``LogisticRegressionCV`` (multinomial; one
-      logistic regression per label for multi-label), timed end to end;
+  (a) baseline: fp32 pooled features of every training image (the packaged default backbone, the whole image
+      squashed to its input size with its interpolation and normalisation, a plain torch loop, no transferlab
+      cache), ``StandardScaler`` + ``LogisticRegressionCV`` (multinomial; one logistic regression per label for
+      multi-label), timed end to end;
   (b) ``transferlab.pipeline.run`` with every default (``test=`` the test folder / CSV), fresh cache each time;
   (c) the same with ``trials=20`` and ``finetune={"unfreeze": "top:3", "epochs": 4}`` (slow; ``--modes a,b,c``).
 
@@ -129,9 +130,27 @@ def score(split: Split, scores: np.ndarray) -> float:
     return headline(classification_metrics(split.y, scores, split.classes))[1]
 
 
+def squashed(backbone):
+    """The whole image resized to the backbone's input size (no centre crop), its interpolation and normalisation:
+    the '224 px squashed' preprocessing of the issue's baseline."""
+    from torchvision.transforms import InterpolationMode, v2
+
+    config = backbone.data_config
+    size = config["input_size"][-2:]
+    interpolation = InterpolationMode(config.get("interpolation", "bicubic"))
+    return v2.Compose(
+        [
+            v2.PILToTensor(),
+            v2.Resize(size, interpolation=interpolation, antialias=True),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(config["mean"], config["std"]),
+        ]
+    )
+
+
 def extract(backbone, paths: list[Path], batch_size: int = 32) -> np.ndarray:
-    """Pooled fp32 features: the backbone's own eval transform, default memory format, no cache."""
-    loader = DataLoader(Files(paths, backbone.transform()), batch_size=batch_size, num_workers=1)
+    """Pooled fp32 features: the whole image squashed to the input size, default memory format, no cache."""
+    loader = DataLoader(Files(paths, squashed(backbone)), batch_size=batch_size, num_workers=1)
     parts = []
     with torch.inference_mode():
         for images in loader:

@@ -120,10 +120,12 @@ def test_crop_pct_changes_the_preprocessing_the_cache_key_and_the_deployed_trans
     from transferlab.model import load_run_model
 
     whole = load_backbone(TINY_BACKBONE, tiny_weights, image_size=TINY_SIZE, crop_pct=1.0)
-    default = load_backbone(TINY_BACKBONE, tiny_weights, image_size=TINY_SIZE)
-    assert whole.data_config["crop_pct"] == 1.0 and default.data_config["crop_pct"] < 1.0
-    assert whole.identity() != default.identity()  # features of another preprocessing never mix in one cache
-    result = run_with(class_folder, name="whole", crop_pct=1.0, **tiny_run_options)
+    own = load_backbone(TINY_BACKBONE, tiny_weights, image_size=TINY_SIZE)
+    assert whole.data_config["crop_pct"] == 1.0 and own.data_config["crop_pct"] < 1.0
+    assert whole.identity() != own.identity()  # features of another preprocessing never mix in one cache
+    result = run_with(class_folder, name="whole", **tiny_run_options)  # the whole image is the default
     assert load_run_model(result.run_dir).preprocessing["crop_pct"] == 1.0
+    cropped = run_with(class_folder, name="own", crop_pct=None, **tiny_run_options)
+    assert load_run_model(cropped.run_dir).preprocessing["crop_pct"] == own.data_config["crop_pct"]
     with pytest.raises(TransferlabError, match="--crop-pct must be in"):
         run_with(class_folder, crop_pct=1.5, **tiny_run_options)

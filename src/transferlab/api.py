@@ -18,7 +18,7 @@ from sklearn.base import BaseEstimator
 
 from transferlab.backbones import DEFAULT_BACKBONE
 from transferlab.backbones.model import HEAD
-from transferlab.config import RunConfig
+from transferlab.config import WHOLE_IMAGE, RunConfig
 from transferlab.data import load_dataset
 from transferlab.errors import TransferlabError
 from transferlab.predict import Predictions, Predictor, collect_inputs, load_predictor, predict_paths
@@ -51,7 +51,7 @@ class ImageClassifier(BaseEstimator):
         groups: str | None = None,
         weights: str | None = None,
         image_size: int | None = None,
-        crop_pct: float | None = None,
+        crop_pct: float | None = WHOLE_IMAGE,
         subset: float | None = None,
         val_fraction: float = 0.15,
         test_fraction: float = 0.15,

@@ -7,7 +7,7 @@ from typing import Any
 
 from transferlab.backbones import DEFAULT_BACKBONE
 from transferlab.backbones.model import HEAD
-from transferlab.config import RunConfig
+from transferlab.config import WHOLE_IMAGE, RunConfig
 
 
 def add_search_options(parser: Any, *, trials_default: int, trials_help: str) -> None:
@@ -30,6 +30,10 @@ def add_search_options(parser: Any, *, trials_default: int, trials_help: str) ->
     )
 
 
+def _crop_pct(text: str) -> float | None:
+    return None if text.strip().lower() == "model" else float(text)
+
+
 def add_data_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "data",
@@ -47,8 +51,10 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image-size", type=int, help="override the backbone's input resolution (pixels)")
     parser.add_argument(
         "--crop-pct",
-        type=float,
-        help="centre-crop ratio before resizing (default: the backbone's own, e.g. 0.875; 1.0 keeps the whole image)",
+        type=_crop_pct,
+        default=WHOLE_IMAGE,
+        help="centre-crop ratio before resizing: 1.0 (default) keeps the whole image; 'model' uses the backbone's "
+        "own (e.g. 0.875 for the EfficientNet-Lites), which cuts the border of small centred objects",
     )
     parser.add_argument("--cut-point", default=HEAD, help="where to take features: a stage (e.g. blocks.4) or 'head'")
     parser.add_argument(
