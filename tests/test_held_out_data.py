@@ -85,6 +85,7 @@ def test_run_with_a_separate_test_set(tmp_path: Path, tiny_run_options: dict) ->
     train = make_class_folder(tmp_path / "train", per_class=10)
     test = make_class_folder(tmp_path / "test", per_class=4, classes=("red", "blue"), seed=9)
     shutil.copy(test / "red" / "red_000.png", train / "green" / "leaked.png")  # a test image inside DATA
+    (test / "blue" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")  # bad input in the test set
     result = run_with(train, test=str(test), name="given", **tiny_run_options)
     record = json.loads((result.run_dir / "record.json").read_text())
     assert record["split_counts"]["test"] == 8  # exactly the given test images, none carved out of DATA
@@ -92,6 +93,7 @@ def test_run_with_a_separate_test_set(tmp_path: Path, tiny_run_options: dict) ->
     assert record["probe"]["fit_on"] == "train+val" and record["probe"]["fit_images"] == 30
     assert result.metrics["test"]["n"] == 8
     assert any("leaked.png" in str(p) and "same content as test image" in str(p) for p in result.problems)
+    assert any("test/blue/broken.png" in str(p) for p in result.problems)  # named and skipped, like DATA's
     with open(result.run_dir / "split.csv") as handle:
         split_rows = list(csv.DictReader(handle))
     assert {r["path"].split("/")[0] for r in split_rows if r["split"] == "test"} == {"test"}
