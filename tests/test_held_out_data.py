@@ -131,3 +131,16 @@ def test_crop_pct_changes_the_preprocessing_the_cache_key_and_the_deployed_trans
     assert load_run_model(cropped.run_dir).preprocessing["crop_pct"] == own.data_config["crop_pct"]
     with pytest.raises(TransferlabError, match="--crop-pct must be in"):
         run_with(class_folder, crop_pct=1.5, **tiny_run_options)
+
+
+@pytest.mark.parametrize("multilabel", [False, True])
+def test_ranking_folds_keep_each_group_in_one_fold(multilabel: bool) -> None:
+    from transferlab.rank.scores import cv_folds
+
+    rng = np.random.default_rng(0)
+    y = (rng.random((60, 3)) < 0.5).astype(np.uint8) if multilabel else np.repeat(np.arange(3), 20)
+    groups = np.asarray([f"subject{i // 4}" for i in range(60)], dtype=object)
+    folds = cv_folds(y, 0, groups)
+    assert len(folds) == 5
+    for train, held in folds:
+        assert not set(groups[train]) & set(groups[held])

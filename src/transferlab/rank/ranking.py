@@ -172,7 +172,7 @@ def score_backbone(prepared: PreparedData) -> list[RankRow]:
     """One row per cached cut point of ``prepared``'s backbone, scored on train+val."""
     seed = prepared.config.seed
     y = train_val_targets(prepared)
-    folds = cv_folds(y, seed)
+    folds = cv_folds(y, seed, prepared.fit_groups())
     cost = backbone_cost(prepared.backbone, prepared.cache, prepared.extraction)
     n_images = len(prepared.hashes)
     extract_seconds = n_images / cost.images_per_second if cost.images_per_second else None
@@ -250,7 +250,7 @@ def rank(
     available = sorted((r for r in rows if r.available), key=lambda r: (-r.probe_cv_accuracy, *_preference(r)))
     ranked = available + [r for r in rows if not r.available]
     n_train_val = len(first.split.indices("train")) + len(first.split.indices("val"))
-    folds = len(cv_folds(train_val_targets(first), config.seed))
+    folds = len(cv_folds(train_val_targets(first), config.seed, first.fit_groups()))
     return Ranking(ranked, choose(ranked, metric), metric, folds, n_train_val, config.seed)
 
 

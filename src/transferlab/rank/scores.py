@@ -16,7 +16,7 @@ import numpy as np
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import average_precision_score
-from sklearn.model_selection import KFold, StratifiedKFold
+from sklearn.model_selection import GroupKFold, KFold, StratifiedGroupKFold, StratifiedKFold
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
@@ -43,22 +43,27 @@ class CVScore:
     folds: int
 
 
-def cv_folds(y: np.ndarray, seed: int) -> Folds:
-    """Seeded (train, held-out) index pairs: stratified by class for single-label data, plain K-fold for multi-label.
+def cv_folds(y: np.ndarray, seed: int, groups: np.ndarray | None = None) -> Folds:
+    """Seeded (train, held-out) index pairs: stratified by class for single-label data, plain K-fold for multi-label;
+    with ``groups`` (one per row) each group stays in one fold (GroupKFold semantics).
 
-    Up to 5 folds, fewer when the rarest class has fewer members (each held-out fold should see every class).
+    Up to 5 folds, fewer when the rarest class (or the number of groups) is smaller.
     """
     if len(y) < 4:
         raise TransferlabError(f"ranking needs at least 4 images in train+val to cross-validate, got {len(y)}")
+    n_groups = len(set(groups.tolist())) if groups is not None else len(y)
+    splitter: KFold | StratifiedKFold | GroupKFold | StratifiedGroupKFold
     if y.ndim == 2:
-        splitter: KFold | StratifiedKFold = KFold(n_splits=min(MAX_FOLDS, len(y)), shuffle=True, random_state=seed)
+        n_splits = max(2, min(MAX_FOLDS, len(y), n_groups))
+        splitter = KFold(n_splits, shuffle=True, random_state=seed) if groups is None else GroupKFold(n_splits)
     else:
         counts = np.bincount(y)
-        smallest = int(counts[counts > 0].min())
-        splitter = StratifiedKFold(n_splits=min(MAX_FOLDS, max(2, smallest)), shuffle=True, random_state=seed)
+        n_splits = max(2, min(MAX_FOLDS, int(counts[counts > 0].min()), n_groups))
+        stratified = StratifiedKFold if groups is None else StratifiedGroupKFold
+        splitter = stratified(n_splits=n_splits, shuffle=True, random_state=seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # "least populated class has only 1 member"
-        return list(splitter.split(np.zeros(len(y)), y if y.ndim == 1 else None))
+        return list(splitter.split(np.zeros(len(y)), y if y.ndim == 1 else None, groups))
 
 
 def neighbour_count(y_train: np.ndarray) -> int:
