@@ -215,9 +215,16 @@ def predictor_scores(run_dir: Path, test: Split) -> np.ndarray:
 
 
 def reported_test_metric(result) -> float | None:
-    """The run's own headline test metric: its final stage's (fine-tune / head search) if any, else the probe's."""
-    stages = list(result.stage_test_metrics.values())
-    values = stages[-1] if stages else result.metrics.get("test") or {}
+    """The run's own headline test metric of the model it deployed (``deployed.json``: the fine-tuned network only
+    when it beat the probe on validation); older runs without that record: the last stage's."""
+    stage = (getattr(result, "deployed", None) or {}).get("stage")
+    if stage == "fine-tuning":
+        values = result.stage_test_metrics.get("fine-tune") or {}
+    elif stage == "probe":
+        values = result.metrics.get("test") or {}
+    else:
+        stages = list(result.stage_test_metrics.values())
+        values = stages[-1] if stages else result.metrics.get("test") or {}
     return headline(values)[1] if values.get("n") else None
 
 
