@@ -144,3 +144,12 @@ def test_ranking_folds_keep_each_group_in_one_fold(multilabel: bool) -> None:
     assert len(folds) == 5
     for train, held in folds:
         assert not set(groups[train]) & set(groups[held])
+
+
+def test_multilabel_twin_uses_each_labels_chosen_c() -> None:
+    rng = np.random.default_rng(3)
+    x = {s: rng.normal(size=(n, 5)) for s, n in (("train", 80), ("val", 30), ("test", 20))}
+    y = {s: (x[s][:, :3] * [3, 1, 0.2] + rng.normal(size=(len(x[s]), 3)) > 0).astype(np.uint8) for s in x}
+    probe = fit_probe(x, y, ["a", "b", "c"])
+    assert [e.C for e in probe.train_model[-1].estimators_] == probe.C
+    assert probe.train_model[0].n_samples_seen_ == 80 and probe.model[0].n_samples_seen_ == 110

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from joblib import Parallel, delayed
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
@@ -175,18 +176,32 @@ def fit_probe(
 
 
 class _PerLabel(OneVsRestClassifier):
-    """One-vs-rest with a given C per label (the train-only twin of the selecting multi-label probe)."""
+    """One-vs-rest with a given C per label (the train-only twin of the selecting multi-label probe).
+
+    scikit-learn's one-vs-rest clones one estimator for every label, so the per-label C is set afterwards: the
+    one-vs-rest pass is a single L-BFGS step (it only lays out the labels), then each label is fit at its own C,
+    the labels in parallel.
+    """
 
     def __init__(self, Cs: list[float]) -> None:
-        super().__init__(LogisticRegression(C=FALLBACK_C, max_iter=3000))
+        super().__init__(LogisticRegression(C=FALLBACK_C, max_iter=1))
         self.Cs = Cs
 
     def fit(self, X: Any, y: Any, **params: Any) -> _PerLabel:
         super().fit(X, y, **params)
-        for label, (estimator, c) in enumerate(zip(self.estimators_, self.Cs, strict=True)):
-            if isinstance(estimator, LogisticRegression) and c != FALLBACK_C:
-                estimator.set_params(C=c).fit(X, y[:, label])
+        labels = [i for i, e in enumerate(self.estimators_) if isinstance(e, LogisticRegression)]  # not constant
+        fitted = Parallel(n_jobs=min(len(labels), os.cpu_count() or 1) or 1)(
+            delayed(_fit_label)(X, y[:, i], self.Cs[i]) for i in labels
+        )
+        for i, estimator in zip(labels, fitted, strict=True):
+            self.estimators_[i] = estimator
         return self
+
+
+def _fit_label(x: np.ndarray, y: np.ndarray, c: float) -> LogisticRegression:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        return LogisticRegression(C=c, max_iter=3000).fit(x, y)
 
 
 def _cv_score(estimator: Any) -> float | None:
