@@ -183,6 +183,16 @@ def _probe_c(run: RunFiles) -> str | None:
     return None if c is None else f"{c:.3g}"
 
 
+def _probe_inputs(run: RunFiles) -> str | None:
+    """Which features the probe kept and the cross-validated log-likelihood of each candidate it tried."""
+    probe = run.record.get("probe") or {}
+    candidates = probe.get("candidates") or {}
+    if len(candidates) < 2:
+        return None
+    scores = ", ".join(f"{name} {'–' if value is None else f'{value:.4f}'}" for name, value in candidates.items())
+    return f"{probe.get('cut_point')} (cross-validated log-likelihood per image: {scores})"
+
+
 def report_context(run: RunFiles, advice: list[Advice]) -> dict[str, Any]:
     """Everything the template shows; ``None`` or empty values make their section disappear."""
     stage, final = run.final_metrics()
@@ -204,6 +214,7 @@ def report_context(run: RunFiles, advice: list[Advice]) -> dict[str, Any]:
         "metric_keys": _metric_keys(run),
         "results": _results(run),
         "probe_c": _probe_c(run),
+        "probe_inputs": _probe_inputs(run),
         "final_stage": stage,
         "deployed_reason": (run.deployed or {}).get("reason"),
         "confusion": data_uri(plots.confusion_matrix_png(test["confusion_matrix"], run.classes))
