@@ -153,3 +153,20 @@ def test_multilabel_twin_uses_each_labels_chosen_c() -> None:
     probe = fit_probe(x, y, ["a", "b", "c"])
     assert [e.C for e in probe.train_model[-1].estimators_] == probe.C
     assert probe.train_model[0].n_samples_seen_ == 80 and probe.model[0].n_samples_seen_ == 110
+
+
+def test_multilabel_probe_cross_validates_on_group_folds_when_every_label_allows() -> None:
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(90, 5))
+    y = (x[:, :3] + rng.normal(size=(90, 3)) > 0).astype(np.uint8)
+    groups = np.asarray([f"g{i // 3}" for i in range(90)], dtype=object)
+    empty = {"val": x[:0], "test": x[:0]}
+    probe = fit_probe({"train": x, **empty}, {"train": y, "val": y[:0], "test": y[:0]}, list("abc"), groups=groups)
+    for search in probe.model[-1].estimators_:
+        assert isinstance(search.cv, list) and len(search.cv) == 5
+        assert all(not set(groups[train]) & set(groups[held]) for train, held in search.cv)
+    rare = y.copy()
+    rare[:, 2] = 0
+    rare[:4, 2] = 1  # too few positives for every fold: per-label stratified folds instead
+    probe = fit_probe({"train": x, **empty}, {"train": rare, "val": y[:0], "test": y[:0]}, list("abc"), groups=groups)
+    assert not isinstance(probe.model[-1].estimators_[0].cv, list)

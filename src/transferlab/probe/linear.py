@@ -20,7 +20,7 @@ import numpy as np
 from joblib import Parallel, delayed
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
-from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
+from sklearn.model_selection import GroupKFold, StratifiedGroupKFold, StratifiedKFold
 from sklearn.multiclass import OneVsRestClassifier
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
@@ -97,11 +97,12 @@ def _folds(y: np.ndarray, groups: np.ndarray | None, seed: int) -> Any:
 def _selecting(y: np.ndarray, groups: np.ndarray | None, seed: int) -> Any:
     """A logistic regression that picks C by cross-validated log-likelihood and refits on everything it is given.
 
-    Multi-label: one per label (one-vs-rest), each with its own C and folds stratified by that label; images of one
-    group are kept together only in single-label folds (the train/val/test split keeps them together in both).
+    Multi-label: one per label (one-vs-rest), each with its own C; with groups, shared group folds when every label
+    has positives and negatives on both sides of every fold, else folds stratified by each label (then only the
+    train/val/test split keeps groups together).
     """
     if y.ndim == 2:
-        return OneVsRestClassifier(_selecting_binary(y, seed))
+        return OneVsRestClassifier(_selecting_binary(y, seed, _group_folds(y, groups, seed)))
     folds = _folds(y, groups, seed)
     if folds is None:
         return LogisticRegression(C=FALLBACK_C, max_iter=3000)
@@ -122,10 +123,25 @@ def _cv_logistic(folds: Any) -> LogisticRegressionCV:
     )
 
 
-def _selecting_binary(y: np.ndarray, seed: int) -> Any:
+def _group_folds(y: np.ndarray, groups: np.ndarray | None, seed: int) -> list[Any] | None:
+    """Group folds shared by every label of a multi-label problem, if each label can be fit and scored in each."""
+    n_groups = 0 if groups is None else len(set(groups.tolist()))
+    if n_groups < 2:
+        return None
+    folds = list(GroupKFold(n_splits=min(MAX_FOLDS, n_groups), shuffle=True, random_state=seed).split(y, y, groups))
+    for part in (rows for fold in folds for rows in fold):
+        positives = y[part].sum(axis=0)
+        if (positives == 0).any() or (positives == len(part)).any():
+            return None
+    return folds
+
+
+def _selecting_binary(y: np.ndarray, seed: int, group_folds: list[Any] | None) -> Any:
     smallest = int(np.minimum(y.sum(axis=0), len(y) - y.sum(axis=0)).min())
     if smallest < 2:
         return LogisticRegression(C=FALLBACK_C, max_iter=3000)
+    if group_folds is not None:
+        return _cv_logistic(group_folds)
     return _cv_logistic(StratifiedKFold(n_splits=min(MAX_FOLDS, smallest), shuffle=True, random_state=seed))
 
 
