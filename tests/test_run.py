@@ -38,10 +38,14 @@ def test_run_writes_a_complete_reproducible_record(class_folder: Path, tiny_run_
     environment = json.loads((first.run_dir / "environment.json").read_text())
     assert environment["python"] and {"torch", "timm", "scikit-learn"} <= set(environment["packages"])
     assert first.metrics["test"]["accuracy"] > 0.6
-    assert first.extraction["computed"] == 36
+    # every image computed once, at the precision it is used at (held-out rows only in fp32)
+    held_out = first.extraction["held_out_fp32"] or {"computed": 0, "images": 0}
+    assert first.extraction["computed"] + held_out["computed"] == 36
+    assert held_out["images"] in (0, held_out["computed"])
 
     second = run_with(class_folder, name="b", seed=5, **tiny_run_options)
-    assert second.extraction["computed"] == 0 and second.extraction["cached"] == 36
+    assert second.extraction["computed"] == 0 and (second.extraction["held_out_fp32"] or {}).get("computed", 0) == 0
+    assert second.extraction["cached"] == 36 - held_out["images"]
     assert (first.run_dir / "split.csv").read_text() == (second.run_dir / "split.csv").read_text()
     assert first.record["split_digest"] == second.record["split_digest"]
     assert first.metrics == second.metrics

@@ -7,7 +7,7 @@ stage (probe, ranking, head search, fine-tuning) starts from; it sits below all 
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,7 @@ from transferlab.data.split import SPLITS, Split, split_digest
 from transferlab.errors import TransferlabError
 from transferlab.features import FeatureCache, decide_precision, default_cache_dir, extract_features, feature_cache
 from transferlab.features.cache import content_hash
-from transferlab.features.extract import ExtractionReport, HeldOut, extract_held_out, load_features
+from transferlab.features.extract import FP32, ExtractionReport, HeldOut, extract_held_out, load_features
 from transferlab.features.maps import MAP, MAP_SIZE, MapView, map_cache
 from transferlab.record import RunDir, environment, layout
 
@@ -206,46 +206,47 @@ def prepare(
     paths = [dataset.absolute(i) for i in range(len(dataset))]
     precision = decide_precision(backbone, paths, hashes, root)
     cache = feature_cache(backbone, root, precision)
+    split_options = {
+        "seed": config.seed,
+        "val_fraction": config.val_fraction,
+        "test_fraction": config.test_fraction,
+    }
+    options = {"batch_size": config.batch_size, "workers": config.workers, "progress": progress}
+    open_cache = lambda chosen: feature_cache(backbone, root, chosen)  # noqa: E731
+    # One pass per image at the precision it is used at: the split is planned on the readable images first, so
+    # validation and test images (scored in fp32, as deployment runs) are not also extracted in bf16.
+    planned = make_split(dataset.y, hashes, **split_options, groups=dataset.groups, test_rows=is_test)
+    held = planned.held_out_rows() if precision.name != FP32.name else np.zeros(0, dtype=np.int64)
+    rest = np.setdiff1d(np.arange(len(dataset)), held)
     extraction = extract_features(
-        backbone,
-        paths,
-        hashes,
-        cache,
-        precision=precision,
-        batch_size=config.batch_size,
-        workers=config.workers,
-        progress=progress,
+        backbone, [paths[i] for i in rest], [hashes[i] for i in rest], cache, precision=precision, **options
     )
-    problems += [
-        Problem(str(Path(path).relative_to(dataset.root)), reason) for path, reason in extraction.failed.items()
-    ]
+    first_held_out = extract_held_out(backbone, paths, hashes, held, open_cache, precision, **options)
+    failed = {**extraction.failed, **(first_held_out.report.failed if first_held_out else {})}
+    problems += [Problem(str(Path(path).relative_to(dataset.root)), reason) for path, reason in failed.items()]
     for problem in problems:
         log.warning(str(problem))
     if problems:
         log.warning(f"{len(problems)} input(s) skipped")
 
-    usable = [i for i, digest in enumerate(hashes) if digest in cache]
+    fp32_cache = first_held_out.cache if first_held_out else None
+    usable = [i for i, digest in enumerate(hashes) if digest in cache or (fp32_cache and digest in fp32_cache)]
     dataset, hashes = dataset.subset(usable), [hashes[i] for i in usable]
     test_rows = None if is_test is None else is_test[usable]
     _ensure_trainable(dataset if test_rows is None else dataset.subset(np.flatnonzero(~test_rows)))
-    split = make_split(
-        dataset.y,
-        hashes,
-        seed=config.seed,
-        val_fraction=config.val_fraction,
-        test_fraction=config.test_fraction,
-        groups=dataset.groups,
-        test_rows=test_rows,
-    )
-    held_out = extract_held_out(
-        backbone,
-        [dataset.absolute(i) for i in range(len(dataset))],
-        hashes,
-        split.held_out_rows(),
-        lambda chosen: feature_cache(backbone, root, chosen),
-        precision,
-        batch_size=config.batch_size,
-        workers=config.workers,
-        progress=progress,
-    )
+    split = make_split(dataset.y, hashes, **split_options, groups=dataset.groups, test_rows=test_rows)
+    paths = [dataset.absolute(i) for i in range(len(dataset))]
+    held_out = extract_held_out(backbone, paths, hashes, split.held_out_rows(), open_cache, precision, **options)
+    if held_out is not None:  # rows a skipped image moved between splits are topped up at their precision
+        train = split.indices("train")
+        topped = extract_features(
+            backbone, [paths[i] for i in train], [hashes[i] for i in train], cache, precision=precision, **options
+        )
+        extraction = replace(
+            extraction, computed=extraction.computed + topped.computed, seconds=extraction.seconds + topped.seconds
+        )
+        if first_held_out is not None:  # one report for both fp32 passes
+            first, second = first_held_out.report, held_out.report
+            report = replace(first, computed=first.computed + second.computed, seconds=first.seconds + second.seconds)
+            held_out = replace(held_out, report=report)
     return PreparedData(config, dataset, hashes, split, backbone, cache, extraction, problems, held_out)

@@ -65,8 +65,11 @@ def handle(args: argparse.Namespace) -> None:
 
     result = run(run_config(args, **stage_kwargs(args)), **output_kwargs(args))
     extraction = result.extraction
+    held_out = extraction["held_out_fp32"] or {"images": 0, "computed": 0}  # validation + test, in fp32
+    computed = extraction["computed"] + held_out["computed"]
+    cached = extraction["cached"] + held_out["images"] - held_out["computed"]
     speed = f", {extraction['images_per_second']:.1f} img/s" if extraction["images_per_second"] else ""
-    print(f"features: {extraction['computed']} computed, {extraction['cached']} from cache{speed}")
+    print(f"features: {computed} computed, {cached} from cache{speed}")
     print(result.summary())
     print(format_advice(result.advice))
     print(f"run directory: {result.run_dir}")

@@ -253,10 +253,16 @@ def extract_held_out(
 
 
 def load_features(cache: FeatureCache, held_out: HeldOut | None, digests: list[str], name: str) -> np.ndarray:
-    """``name`` features of every digest: held-out rows from their fp32 cache, the others from ``cache``."""
-    matrix = cache.load(digests, [name])[name]
-    if held_out is not None:
-        matrix[held_out.rows] = held_out.cache.load([digests[int(i)] for i in held_out.rows], [name])[name]
+    """``name`` features of every digest: held-out rows from their fp32 cache, the others from ``cache`` (held-out
+    rows need not be in ``cache`` at all: each image is computed at the precision it is used at)."""
+    if held_out is None:
+        return cache.load(digests, [name])[name]
+    held = held_out.cache.load([digests[int(i)] for i in held_out.rows], [name])[name]
+    others = np.setdiff1d(np.arange(len(digests)), held_out.rows)
+    matrix = np.empty((len(digests), *held.shape[1:]), dtype=held.dtype)
+    if len(others):
+        matrix[others] = cache.load([digests[int(i)] for i in others], [name])[name]
+    matrix[held_out.rows] = held
     return matrix
 
 
