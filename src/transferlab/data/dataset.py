@@ -68,22 +68,31 @@ class ImageDataset:
         paths = [self.paths[i] for i in indices]
         return ImageDataset(self.root, paths, self.y[indices], self.classes, self.problems, groups)
 
+    def unknown_classes(self, classes: list[str]) -> dict[str, int]:
+        """Classes (with their image counts) that have images here but are not in ``classes``."""
+        return {name: count for name, count in self.class_counts().items() if count and name not in classes}
+
+    def labels_in(self, classes: list[str]) -> np.ndarray:
+        """``y`` over another class list, matched by name: class ids (-1 where a class is not in ``classes``), or
+        for multi-label the 0/1 columns of ``classes`` (labels not in it dropped, labels absent here all 0)."""
+        index = np.asarray([classes.index(name) if name in classes else -1 for name in self.classes], dtype=np.int64)
+        if not self.multilabel:
+            return index[self.y]
+        mapped = np.zeros((len(self), len(classes)), dtype=self.y.dtype)
+        present = index >= 0
+        mapped[:, index[present]] = self.y[:, present]
+        return mapped
+
     def joined(self, other: ImageDataset) -> ImageDataset:
         """These rows, then ``other``'s (a separate test set), on a common root with ``other``'s labels mapped onto
         these classes by name; a class this data lacks is an error (a model cannot be scored on it)."""
         if other.multilabel != self.multilabel:
             train_kind, test_kind = ("multi-label" if d.multilabel else "single-label" for d in (self, other))
             raise TransferlabError(f"the training data is {train_kind} but the test set is {test_kind}")
-        unknown = [name for name, count in other.class_counts().items() if count and name not in self.classes]
+        unknown = other.unknown_classes(self.classes)
         if unknown:
             raise TransferlabError(f"the test set has classes the training data lacks: {', '.join(unknown)}")
-        index = np.asarray([self.classes.index(name) if name in self.classes else -1 for name in other.classes])
-        if self.multilabel:
-            mapped = np.zeros((len(other), len(self.classes)), dtype=self.y.dtype)
-            present = index >= 0
-            mapped[:, index[present]] = other.y[:, present]
-        else:
-            mapped = index[other.y]
+        mapped = other.labels_in(self.classes)
         root = Path(os.path.commonpath([self.root.resolve(), other.root.resolve()]))
         paths = [(self.root.resolve() / p).relative_to(root).as_posix() for p in self.paths]
         paths += [(other.root.resolve() / p).relative_to(root).as_posix() for p in other.paths]

@@ -174,32 +174,26 @@ def align_labels(
         task = "multi-label" if predictor.multilabel else "single-label"
         other = "multi-label (a 'labels' or 0/1 columns CSV)" if dataset.multilabel else "single-label"
         raise TransferlabError(f"{data}: the model is {task} but the data is {other}")
-    counts = dataset.class_counts()
-    unknown = {name: count for name, count in counts.items() if count and name not in predictor.classes}
+    unknown = dataset.unknown_classes(predictor.classes)
     if unknown and not skip_unknown:
         listed = ", ".join(f"{name} ({_plural(count, 'image')})" for name, count in unknown.items())
         raise TransferlabError(
             f"{data}: classes the model does not know: {listed}; the model knows {_names(predictor.classes)}; "
             f"{SKIP_HINT}"
         )
-    index = {name: predictor.classes.index(name) for name in dataset.classes if name in predictor.classes}
+    mapped = dataset.labels_in(predictor.classes)
     if dataset.multilabel:
-        rows = list(range(len(dataset)))
-        y_true = np.zeros((len(dataset), len(predictor.classes)), dtype=np.uint8)
-        for name, column in index.items():
-            y_true[:, column] = dataset.y[:, dataset.classes.index(name)]
         problems = [
             Problem(f"label '{name}' on {_plural(count, 'image')}", "the model does not know this label; ignored")
             for name, count in unknown.items()
         ]
-        return rows, y_true, problems
-    rows = [row for row, label in enumerate(dataset.y) if dataset.classes[label] in index]
-    y_true = np.asarray([index[dataset.classes[dataset.y[row]]] for row in rows], dtype=np.int64)
+        return list(range(len(dataset))), mapped, problems
+    rows = [int(row) for row in np.flatnonzero(mapped >= 0)]
     problems = [
         Problem(f"{_plural(count, 'image')} of class '{name}'", "the model does not know this class")
         for name, count in unknown.items()
     ]
-    return rows, y_true, problems
+    return rows, mapped[rows], problems
 
 
 def evaluate_dataset(
