@@ -18,10 +18,11 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from transferlab.config import RunConfig
+from transferlab.data.split import cv_folds
 from transferlab.prepare import prepare
 from transferlab.rank.logme import logme_score
 from transferlab.rank.ranking import train_val_targets
-from transferlab.rank.scores import cv_folds, knn_cv, probe_cv
+from transferlab.rank.scores import knn_cv, probe_cv
 
 DEMO = Path(__file__).resolve().parents[1] / "examples" / "fashion"
 

@@ -135,7 +135,7 @@ def test_crop_pct_changes_the_preprocessing_the_cache_key_and_the_deployed_trans
 
 @pytest.mark.parametrize("multilabel", [False, True])
 def test_ranking_folds_keep_each_group_in_one_fold(multilabel: bool) -> None:
-    from transferlab.rank.scores import cv_folds
+    from transferlab.data.split import cv_folds
 
     rng = np.random.default_rng(0)
     y = (rng.random((60, 3)) < 0.5).astype(np.uint8) if multilabel else np.repeat(np.arange(3), 20)

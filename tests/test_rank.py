@@ -14,6 +14,7 @@ from conftest import DEMO, TINY_BACKBONE, TINY_SIZE
 from transferlab.backbones import load_backbone
 from transferlab.cli import main
 from transferlab.config import RunConfig
+from transferlab.data.split import cv_folds
 from transferlab.errors import TransferlabError
 from transferlab.features import FeatureCache
 from transferlab.features.extract import ExtractionReport
@@ -22,7 +23,7 @@ from transferlab.metrics import classification_metrics, headline
 from transferlab.rank.cost import COST_FILE, backbone_cost, count_gflops
 from transferlab.rank.logme import logme_score
 from transferlab.rank.ranking import RankRow, choose, rank, write_ranking
-from transferlab.rank.scores import cv_folds, fold_metric, knn_cv, neighbour_count, probe_cv
+from transferlab.rank.scores import fold_metric, knn_cv, neighbour_count, probe_cv
 from transferlab.record import RunDir
 
 UNAVAILABLE = "resnet18"

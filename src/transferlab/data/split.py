@@ -9,14 +9,18 @@ Every stratum is shuffled once with the seed and each item gets a position in [0
 from __future__ import annotations
 
 import hashlib
+import warnings
 from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
+from sklearn.model_selection import GroupKFold, KFold, StratifiedGroupKFold, StratifiedKFold
 
 from transferlab.errors import TransferlabError
 
 SPLITS = ("train", "val", "test")
+MAX_FOLDS = 5
+Folds = list[tuple[np.ndarray, np.ndarray]]
 
 
 def strata(y: np.ndarray) -> np.ndarray:
@@ -113,3 +117,26 @@ def split_digest(paths: list[str], content_hashes: list[str], split: Split) -> s
     """Hash of the (path, content, split) rows: equal digests mean equal train/val/test data."""
     lines = sorted(f"{p}\t{h}\t{s}" for p, h, s in zip(paths, content_hashes, split.assignment, strict=True))
     return hashlib.sha256("\n".join(lines).encode("utf-8", "surrogateescape")).hexdigest()[:16]
+
+
+def cv_folds(y: np.ndarray, seed: int, groups: np.ndarray | None = None) -> Folds:
+    """Seeded (train, held-out) index pairs: stratified by class for single-label data, plain K-fold for multi-label;
+    with ``groups`` (one per row) each group stays in one fold (GroupKFold semantics).
+
+    Up to 5 folds, fewer when the rarest class (or the number of groups) is smaller.
+    """
+    if len(y) < 4:
+        raise TransferlabError(f"cross-validation needs at least 4 images in train+val, got {len(y)}")
+    n_groups = len(set(groups.tolist())) if groups is not None else len(y)
+    splitter: KFold | StratifiedKFold | GroupKFold | StratifiedGroupKFold
+    if y.ndim == 2:
+        n_splits = max(2, min(MAX_FOLDS, len(y), n_groups))
+        splitter = KFold(n_splits, shuffle=True, random_state=seed) if groups is None else GroupKFold(n_splits)
+    else:
+        counts = np.bincount(y)
+        n_splits = max(2, min(MAX_FOLDS, int(counts[counts > 0].min()), n_groups))
+        stratified = StratifiedKFold if groups is None else StratifiedGroupKFold
+        splitter = stratified(n_splits=n_splits, shuffle=True, random_state=seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "least populated class has only 1 member"
+        return list(splitter.split(np.zeros(len(y)), y if y.ndim == 1 else None, groups))

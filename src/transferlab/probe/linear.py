@@ -20,16 +20,16 @@ import numpy as np
 from joblib import Parallel, delayed
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
-from sklearn.model_selection import GroupKFold, StratifiedGroupKFold, StratifiedKFold
+from sklearn.model_selection import GroupKFold, StratifiedKFold
 from sklearn.multiclass import OneVsRestClassifier
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from transferlab.data.split import MAX_FOLDS, cv_folds
 from transferlab.features.scaling import channel_scale
 from transferlab.metrics import classification_metrics, tune_thresholds
 
 C_GRID = np.logspace(-3, 1, 5)
-MAX_FOLDS = 5
 FALLBACK_C = 0.1  # when a class is too rare to cross-validate
 
 
@@ -78,20 +78,11 @@ def _scores(model: Pipeline, features: np.ndarray, n_classes: int, multilabel: b
 
 
 def _folds(y: np.ndarray, groups: np.ndarray | None, seed: int) -> Any:
-    """Stratified k-fold (grouped when images share a subject), or None when a class is too rare for two folds."""
+    """The ranking's stratified (grouped) k-fold, or None when a class or the groups are too few for two folds."""
     counts = np.bincount(y)
-    smallest = int(counts[counts > 0].min())
-    if smallest < 2:
+    if int(counts[counts > 0].min()) < 2 or (groups is not None and len(set(groups.tolist())) < 2):
         return None
-    n_splits = min(MAX_FOLDS, smallest)
-    if groups is None:
-        return StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=seed)
-    n_splits = min(n_splits, len(set(groups.tolist())))
-    if n_splits < 2:
-        return None
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # a class with fewer groups than folds
-        return list(StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed).split(y, y, groups))
+    return cv_folds(y, seed, groups)
 
 
 def _selecting(y: np.ndarray, groups: np.ndarray | None, seed: int) -> Any:

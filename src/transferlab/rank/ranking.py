@@ -24,12 +24,13 @@ from threadpoolctl import threadpool_limits
 from transferlab.backbones.model import HEAD
 from transferlab.backbones.registry import check_model_name, resolve_weights
 from transferlab.config import RunConfig
+from transferlab.data.split import cv_folds
 from transferlab.errors import TransferlabError
 from transferlab.metrics import headline_name
 from transferlab.prepare import PreparedData, prepare
 from transferlab.rank.cost import backbone_cost
 from transferlab.rank.logme import logme_score
-from transferlab.rank.scores import cv_folds, knn_cv, probe_cv
+from transferlab.rank.scores import knn_cv, probe_cv
 from transferlab.record import RunDir, layout
 
 log = logging.getLogger(__name__)

@@ -16,20 +16,18 @@ import numpy as np
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import average_precision_score
-from sklearn.model_selection import GroupKFold, KFold, StratifiedGroupKFold, StratifiedKFold
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
+from transferlab.data.split import Folds
 from transferlab.errors import TransferlabError
 
-MAX_FOLDS = 5
 MAX_K = 20
 """Beyond ~20 neighbours k-NN mostly smooths towards the class prior; sqrt(n) below that is the textbook choice."""
 
 PROBE_C_GRID = (0.01, 0.1, 1.0)
 """Inverse L2 strengths for the quick probe; the best mean over folds counts (the same small bias for everyone)."""
 
-Folds = list[tuple[np.ndarray, np.ndarray]]
 Scorer = Callable[[np.ndarray, np.ndarray, np.ndarray], list[np.ndarray]]
 """(train features, train targets, held-out features) -> one score matrix per setting."""
 
@@ -41,29 +39,6 @@ class CVScore:
     mean: float
     std_error: float
     folds: int
-
-
-def cv_folds(y: np.ndarray, seed: int, groups: np.ndarray | None = None) -> Folds:
-    """Seeded (train, held-out) index pairs: stratified by class for single-label data, plain K-fold for multi-label;
-    with ``groups`` (one per row) each group stays in one fold (GroupKFold semantics).
-
-    Up to 5 folds, fewer when the rarest class (or the number of groups) is smaller.
-    """
-    if len(y) < 4:
-        raise TransferlabError(f"ranking needs at least 4 images in train+val to cross-validate, got {len(y)}")
-    n_groups = len(set(groups.tolist())) if groups is not None else len(y)
-    splitter: KFold | StratifiedKFold | GroupKFold | StratifiedGroupKFold
-    if y.ndim == 2:
-        n_splits = max(2, min(MAX_FOLDS, len(y), n_groups))
-        splitter = KFold(n_splits, shuffle=True, random_state=seed) if groups is None else GroupKFold(n_splits)
-    else:
-        counts = np.bincount(y)
-        n_splits = max(2, min(MAX_FOLDS, int(counts[counts > 0].min()), n_groups))
-        stratified = StratifiedKFold if groups is None else StratifiedGroupKFold
-        splitter = stratified(n_splits=n_splits, shuffle=True, random_state=seed)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # "least populated class has only 1 member"
-        return list(splitter.split(np.zeros(len(y)), y if y.ndim == 1 else None, groups))
 
 
 def neighbour_count(y_train: np.ndarray) -> int:
