@@ -22,13 +22,10 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def handle(args: argparse.Namespace) -> None:
-    from pathlib import Path
-
     from transferlab.export import export_onnx
-    from transferlab.record.runfiles import resolve_run
+    from transferlab.record.runfiles import resolve_model
 
-    run = Path(args.run) if Path(args.run).is_dir() else resolve_run(args.run, args.runs_dir)
-    result = export_onnx(run, args.out)
+    result = export_onnx(resolve_model(args.run, args.runs_dir), args.out)
     print(f"onnx model: {result.model_path}")
     print(f"preprocessing: {result.preprocessing_path}")
     print(f"check: onnxruntime matches PyTorch within {result.max_abs_diff:.1e}")

@@ -26,15 +26,10 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def handle(args: argparse.Namespace) -> None:
-    from pathlib import Path
-
     from transferlab.predict import collect_inputs, load_predictor, predict_paths, write_predictions_csv
-    from transferlab.record.runfiles import resolve_run
+    from transferlab.record.runfiles import resolve_model
 
-    model = Path(args.model)
-    if not model.is_dir():
-        model = resolve_run(args.model, args.runs_dir)
-    predictor = load_predictor(model)
+    predictor = load_predictor(resolve_model(args.model, args.runs_dir))
     paths, missing = collect_inputs(args.paths)
     predictions = predict_paths(predictor, paths, batch_size=args.batch_size, workers=args.workers)
     for problem in [*missing, *predictions.skipped]:

@@ -25,7 +25,7 @@ from transferlab.metrics import classification_metrics, headline
 from transferlab.predict import Predictor, load_predictor, predict_paths
 from transferlab.record import layout
 from transferlab.record.predictions import LABEL_JOIN
-from transferlab.record.runfiles import resolve_run
+from transferlab.record.runfiles import resolve_model
 
 log = logging.getLogger(__name__)
 
@@ -140,12 +140,6 @@ def safe_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "data"
 
 
-def model_dir(run: str | Path, runs_dir: str | Path = "runs") -> Path:
-    """A run directory, an ONNX export directory, or a run name inside ``runs_dir``."""
-    path = Path(run)
-    return path if path.is_dir() else resolve_run(run, runs_dir)
-
-
 def _run_label_sep(model: Path) -> str | None:
     """The label separator the run was trained with, so its CSVs read the same way here."""
     config = model / layout.CONFIG
@@ -258,7 +252,7 @@ def evaluate(
     Nothing is written; ``Evaluation.write()`` writes the page, JSON and predictions. Unreadable images and bad
     CSV rows are skipped and listed in ``Evaluation.problems``; ``label_sep`` defaults to the run's own.
     """
-    model = model_dir(run, runs_dir)
+    model = resolve_model(run, runs_dir)
     separator = label_sep if label_sep is not None else _run_label_sep(model)
     dataset = load_dataset(data, label_sep=separator)
     predictor = load_predictor(model)

@@ -163,3 +163,9 @@ def resolve_run(run: str | Path, runs_dir: str | Path = "runs") -> Path:
         if (candidate / layout.CONFIG).is_file():
             return candidate
     raise TransferlabError(f"no run '{run}' (looked for {run}/config.json and {Path(runs_dir) / str(run)}/config.json)")
+
+
+def resolve_model(model: str | Path, runs_dir: str | Path = "runs") -> Path:
+    """A model directory as given (a run, or an ONNX export, which has no config.json), else a run name."""
+    path = Path(model)
+    return path if path.is_dir() else resolve_run(model, runs_dir)
