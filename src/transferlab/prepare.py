@@ -242,11 +242,7 @@ def prepare(
         topped = extract_features(
             backbone, [paths[i] for i in train], [hashes[i] for i in train], cache, precision=precision, **options
         )
-        extraction = replace(
-            extraction, computed=extraction.computed + topped.computed, seconds=extraction.seconds + topped.seconds
-        )
+        extraction = extraction.followed_by(topped)
         if first_held_out is not None:  # one report for both fp32 passes
-            first, second = first_held_out.report, held_out.report
-            report = replace(first, computed=first.computed + second.computed, seconds=first.seconds + second.seconds)
-            held_out = replace(held_out, report=report)
+            held_out = replace(held_out, report=first_held_out.report.followed_by(held_out.report))
     return PreparedData(config, dataset, hashes, split, backbone, cache, extraction, problems, held_out)

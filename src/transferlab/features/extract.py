@@ -15,7 +15,7 @@ import json
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -84,6 +84,10 @@ class ExtractionReport:
     @property
     def images_per_second(self) -> float | None:
         return self.computed / self.seconds if self.computed and self.seconds > 0 else None
+
+    def followed_by(self, later: ExtractionReport) -> ExtractionReport:
+        """This pass and a later one over the same cache as one report: images computed and seconds add up."""
+        return replace(self, computed=self.computed + later.computed, seconds=self.seconds + later.seconds)
 
 
 def _min_cosine(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
