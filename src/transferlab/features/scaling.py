@@ -22,7 +22,3 @@ def channel_scale(std: np.ndarray) -> np.ndarray:
     floor = max(DEAD_RELATIVE_STD * float(np.median(std)), 1e-12)
     return np.where(std <= floor, IGNORED_SCALE, std)
 
-
-def constant_channels(scale: np.ndarray) -> int:
-    """How many channels :func:`channel_scale` switched off."""
-    return int((np.asarray(scale) >= IGNORED_SCALE).sum())
