@@ -175,7 +175,15 @@ def _duplicate_facts(run: RunFiles) -> Facts:
 def gather_facts(run: RunFiles) -> Facts:
     """All facts about one run, from whatever evidence it has."""
     facts: Facts = {}
-    parts = (_curve_facts, _fraction_facts, _class_facts, _learning_rate_facts, _head_facts, _deployed_facts)
-    for part in (*parts, _duplicate_facts):
+    parts = (
+        _curve_facts,
+        _fraction_facts,
+        _class_facts,
+        _learning_rate_facts,
+        _head_facts,
+        _deployed_facts,
+        _duplicate_facts,
+    )
+    for part in parts:
         facts.update(part(run))
     return {key: value for key, value in facts.items() if value is not None}

@@ -21,4 +21,3 @@ def channel_scale(std: np.ndarray) -> np.ndarray:
     std = np.asarray(std, dtype=np.float64)
     floor = max(DEAD_RELATIVE_STD * float(np.median(std)), 1e-12)
     return np.where(std <= floor, IGNORED_SCALE, std)
-

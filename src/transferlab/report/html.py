@@ -9,6 +9,7 @@ the user's data from injecting HTML.
 from __future__ import annotations
 
 import base64
+import functools
 from dataclasses import asdict
 from pathlib import Path
 from statistics import mean
@@ -237,9 +238,14 @@ def report_context(run: RunFiles, advice: list[Advice]) -> dict[str, Any]:
     }
 
 
+@functools.cache
+def _templates() -> Environment:
+    """The package's page templates, autoescaped, so names from the user's data cannot inject HTML."""
+    return Environment(loader=PackageLoader("transferlab", "report/templates"), autoescape=select_autoescape())
+
+
 def render_report(context: dict[str, Any]) -> str:
-    environment = Environment(loader=PackageLoader("transferlab", "report/templates"), autoescape=select_autoescape())
-    return environment.get_template(layout.REPORT).render(**context)
+    return _templates().get_template(layout.REPORT).render(**context)
 
 
 def write_report(run_path: Path, advice: list[Advice] | None = None) -> Path:
@@ -255,11 +261,6 @@ def write_report(run_path: Path, advice: list[Advice] | None = None) -> Path:
     return run_path / layout.REPORT
 
 
-EVALUATION_TEMPLATE = "evaluation.html"
-
-
 def render_evaluation(context: dict[str, Any]) -> str:
-    """The page of ``transferlab evaluate`` (context built by :mod:`transferlab.evaluate.page`), rendered with the
-    same autoescaping environment as the run report, so names from the user's data cannot inject HTML."""
-    environment = Environment(loader=PackageLoader("transferlab", "report/templates"), autoescape=select_autoescape())
-    return environment.get_template(EVALUATION_TEMPLATE).render(**context)
+    """The page of ``transferlab evaluate`` (context built by :mod:`transferlab.evaluate.page`)."""
+    return _templates().get_template(layout.EVALUATION_PAGE).render(**context)
