@@ -7,8 +7,6 @@ Jinja2 environment, so an evaluation looks and escapes like the report it sits b
 
 from __future__ import annotations
 
-import csv
-import io
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -16,7 +14,7 @@ from typing import Any
 from transferlab.data.dataset import printable
 from transferlab.evaluate.scoring import Evaluation
 from transferlab.evaluate.text import metric_keys
-from transferlab.fileio import atomic_write_text, write_json
+from transferlab.fileio import atomic_write_text, write_csv, write_json
 from transferlab.record import layout
 from transferlab.record.predictions import header, prediction_rows
 from transferlab.report import plots
@@ -60,15 +58,10 @@ def evaluation_context(evaluation: Evaluation, worst: int = 10) -> dict[str, Any
     }
 
 
-def _predictions_csv(evaluation: Evaluation) -> str:
+def _prediction_rows(evaluation: Evaluation) -> list[list[str]]:
     thresholds = evaluation.cutoffs() if evaluation.multilabel else None
     paths = [str(path) for path in evaluation.paths]
-    rows = prediction_rows(evaluation.name, paths, evaluation.y_true, evaluation.scores, evaluation.classes, thresholds)
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(header(evaluation.classes))
-    writer.writerows(rows)
-    return buffer.getvalue()
+    return prediction_rows(evaluation.name, paths, evaluation.y_true, evaluation.scores, evaluation.classes, thresholds)
 
 
 def write_evaluation(evaluation: Evaluation, folder: str | Path | None = None, *, worst: int = 10) -> Path:
@@ -76,7 +69,7 @@ def write_evaluation(evaluation: Evaluation, folder: str | Path | None = None, *
     :func:`evaluation_folder`); returns the page's path. The page is written last, so its presence means done."""
     out = Path(folder) if folder is not None else evaluation_folder(evaluation)
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / layout.EVALUATION_PREDICTIONS, _predictions_csv(evaluation))
+    write_csv(out / layout.EVALUATION_PREDICTIONS, header(evaluation.classes), _prediction_rows(evaluation))
     write_json(out / layout.EVALUATION_METRICS, evaluation.to_dict(worst))
     page = out / layout.EVALUATION_PAGE
     atomic_write_text(page, render_evaluation(evaluation_context(evaluation, worst)))

@@ -6,8 +6,6 @@ training did, and both apply the run's tuned multi-label thresholds.
 
 from __future__ import annotations
 
-import csv
-import io
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +19,7 @@ from transferlab.data.dataset import Problem, printable
 from transferlab.errors import TransferlabError
 from transferlab.export.onnx import INPUT_NAME, MODEL_FILE, OUTPUT_NAME, PREPROCESSING_FILE, onnx_session
 from transferlab.features.extract import ImageFiles, collate_images
-from transferlab.fileio import atomic_write_text, read_json
+from transferlab.fileio import read_json, write_csv
 from transferlab.model import load_run_model
 from transferlab.model.load import make_transform
 from transferlab.record import layout
@@ -124,13 +122,14 @@ def predict_paths(
 
 def write_predictions_csv(path: str | Path, predictions: Predictions, classes: list[str]) -> Path:
     """``path,predicted,confidence,p:<class>...``; multi-label ``predicted`` joins labels with ';'."""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["path", "predicted", "confidence", *(PROBABILITY_PREFIX + name for name in classes)])
-    for file, label, confidence, row in zip(
-        predictions.paths, predictions.labels, predictions.confidence, predictions.scores, strict=True
-    ):
-        writer.writerow([printable(str(file)), label, f"{confidence:.4f}", *(f"{value:.6f}" for value in row)])
+    rows = zip(predictions.paths, predictions.labels, predictions.confidence, predictions.scores, strict=True)
     out = Path(path)
-    atomic_write_text(out, buffer.getvalue())
+    write_csv(
+        out,
+        ["path", "predicted", "confidence", *(PROBABILITY_PREFIX + name for name in classes)],
+        (
+            [printable(str(file)), label, f"{confidence:.4f}", *(f"{value:.6f}" for value in row)]
+            for file, label, confidence, row in rows
+        ),
+    )
     return out

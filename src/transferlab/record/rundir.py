@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import io
 import platform
 import sys
 import time
@@ -12,7 +10,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from transferlab.fileio import atomic_write_text, write_json
+from transferlab.fileio import atomic_write_text, write_csv, write_json
 
 _PACKAGES = ("transferlab", "torch", "torchvision", "timm", "numpy", "scikit-learn", "pillow", "optuna")
 
@@ -70,11 +68,7 @@ class RunDir:
         return self.path / filename
 
     def write_csv(self, filename: str, header: list[str], rows: list[list[Any]]) -> Path:
-        buffer = io.StringIO()
-        writer = csv.writer(buffer, lineterminator="\n")
-        writer.writerow(header)
-        writer.writerows(rows)
-        atomic_write_text(self.path / filename, buffer.getvalue())
+        write_csv(self.path / filename, header, rows)
         return self.path / filename
 
     def write_text(self, filename: str, text: str) -> Path:
