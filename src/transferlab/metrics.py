@@ -71,6 +71,11 @@ def classification_metrics(
 HEADLINE_KEYS = ("accuracy", "mAP")  # the headline metric of a single-label and of a multi-label task
 
 
+def shown(value: float | None, digits: int = 4) -> str:
+    """A metric for the terminal; undefined ones (e.g. AUC of a label absent from a split) print as '–'."""
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
 def headline_name(multilabel: bool) -> str:
     """The one number runs are compared by: accuracy (single-label) or mAP (multi-label)."""
     return HEADLINE_KEYS[multilabel]

@@ -19,7 +19,7 @@ from transferlab.backbones.cut import HEAD, deep_join
 from transferlab.config import RunConfig
 from transferlab.data import Problem
 from transferlab.finetune.stage import finetune_options, finetune_stage
-from transferlab.metrics import headline
+from transferlab.metrics import headline, shown
 from transferlab.prepare import PreparedData, prepare
 from transferlab.probe import fit_probe
 from transferlab.probe.linear import ProbeResult
@@ -34,11 +34,6 @@ if TYPE_CHECKING:
     from transferlab.rank.ranking import Ranking
 
 log = logging.getLogger(__name__)
-
-
-def _number(value: float | None) -> str:
-    """A metric for the terminal; undefined ones (e.g. AUC of a label absent from a split) print as '–'."""
-    return "–" if value is None else f"{value:.4f}"
 
 
 @dataclass
@@ -67,12 +62,12 @@ class RunResult:
         for split_name, values in self.metrics.items():
             key, value = headline(values)
             extra = f"  balanced_accuracy {values['balanced_accuracy']:.4f}" if "balanced_accuracy" in values else ""
-            lines.append(f"{split_name:<6} {values['n']:>6}  {key:<18} {_number(value)}{extra}")
+            lines.append(f"{split_name:<6} {values['n']:>6}  {key:<18} {shown(value)}{extra}")
         if len(self.stage_test_metrics) > 1:
             lines.append("test split by stage:")
             for stage, values in self.stage_test_metrics.items():
                 key, value = headline(values)
-                lines.append(f"  {stage:<12} {key} {_number(value)}")
+                lines.append(f"  {stage:<12} {key} {shown(value)}")
         if self.deployed:
             lines.append(f"deployed: {self.deployed['stage']} ({self.deployed['reason']})")
         return "\n".join(lines)
@@ -161,12 +156,12 @@ def _deploy(probe: ProbeResult, tuned_val: dict[str, Any] | None, searched: bool
     tuned = headline(tuned_val)[1]
     evidence["finetune_val"] = tuned
     if tuned is not None and (probe_val is None or tuned > probe_val):
-        reason = f"it beat the probe on validation ({metric} {tuned:.4f} vs {_number(probe_val)})"
+        reason = f"it beat the probe on validation ({metric} {tuned:.4f} vs {shown(probe_val)})"
         return {"stage": "fine-tuning", "reason": reason, "trained_on": "train (val chose its epochs)", **evidence}
     return {
         "stage": "probe",
-        "reason": f"fine-tuning did not beat the probe on validation ({metric} {_number(tuned)} vs "
-        f"{_number(probe_val)}); the probe, refit on train + val, is kept",
+        "reason": f"fine-tuning did not beat the probe on validation ({metric} {shown(tuned)} vs "
+        f"{shown(probe_val)}); the probe, refit on train + val, is kept",
         **probe_saw,
         **evidence,
     }
@@ -211,7 +206,7 @@ def _probe_stage(
     candidates = {cut_point: probe.cv_score for cut_point, probe in fits.items()}
     probe = max(fits.values(), key=lambda p: -np.inf if p.cv_score is None else p.cv_score)
     if len(fits) > 1:
-        shown = ", ".join(f"{c} {_number(v)}" for c, v in candidates.items())
+        shown = ", ".join(f"{c} {shown(v)}" for c, v in candidates.items())
         log.info(f"probe inputs by cross-validated log-likelihood: {shown}; kept {probe.cut_point}")
     features = prepared.features(probe.cut_point)
     run_dir.write_json(layout.METRICS, probe.metrics)

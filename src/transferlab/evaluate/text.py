@@ -5,6 +5,7 @@ from __future__ import annotations
 from transferlab.data.dataset import printable
 from transferlab.evaluate.scoring import Evaluation
 from transferlab.history import table
+from transferlab.metrics import shown
 
 SINGLE_LABEL_KEYS = ("accuracy", "balanced_accuracy", "macro_f1")
 MULTI_LABEL_KEYS = ("mAP", "macro_auc", "macro_f1", "micro_f1", "exact_match")
@@ -15,10 +16,6 @@ NAME_WIDTH = 12
 def metric_keys(multilabel: bool) -> tuple[str, ...]:
     """The summary metrics shown for a task, headline first."""
     return MULTI_LABEL_KEYS if multilabel else SINGLE_LABEL_KEYS
-
-
-def _number(value: float | None, digits: int = 4) -> str:
-    return "–" if value is None else f"{value:.{digits}f}"
 
 
 def _short(name: str) -> str:
@@ -40,8 +37,8 @@ def _per_class(evaluation: Evaluation) -> str:
     header = ["class", "precision", "recall", "f1", "support", *(["AP"] if evaluation.multilabel else [])]
     rows = []
     for row in evaluation.metrics["per_class"]:
-        cells = [row["class"], *(_number(row[key], 3) for key in ("precision", "recall", "f1")), str(row["support"])]
-        rows.append([*cells, _number(ap.get(row["class"]), 3)] if evaluation.multilabel else cells)
+        cells = [row["class"], *(shown(row[key], 3) for key in ("precision", "recall", "f1")), str(row["support"])]
+        rows.append([*cells, shown(ap.get(row["class"]), 3)] if evaluation.multilabel else cells)
     return "per class\n" + table(header, rows)
 
 
@@ -65,7 +62,7 @@ def _worst(evaluation: Evaluation, count: int) -> str:
 def format_evaluation(evaluation: Evaluation, worst: int = 10) -> str:
     """The readable summary ``transferlab evaluate`` prints."""
     metrics = evaluation.metrics
-    summary = "   ".join(f"{key} {_number(metrics.get(key))}" for key in metric_keys(evaluation.multilabel))
+    summary = "   ".join(f"{key} {shown(metrics.get(key))}" for key in metric_keys(evaluation.multilabel))
     lines = [
         f"{evaluation.source} on {evaluation.data}: {len(evaluation.paths)} image(s) scored, "
         f"{len(evaluation.problems)} skipped",

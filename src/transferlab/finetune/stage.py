@@ -16,7 +16,7 @@ import numpy as np
 from transferlab.finetune.options import FinetuneOptions
 from transferlab.finetune.run import finetune
 from transferlab.heads import HeadSpec
-from transferlab.metrics import headline
+from transferlab.metrics import headline, shown
 from transferlab.probe.linear import ProbeResult
 from transferlab.record.predictions import prediction_rows
 
@@ -26,10 +26,6 @@ if TYPE_CHECKING:
     from transferlab.search import SearchOutcome
 
 log = logging.getLogger(__name__)
-
-
-def _shown(value: float | None) -> str:
-    return "–" if value is None else f"{value:.4f}"
 
 
 def finetune_options(config: RunConfig, searched: SearchOutcome | None, probe: ProbeResult) -> FinetuneOptions:
@@ -45,13 +41,13 @@ def finetune_options(config: RunConfig, searched: SearchOutcome | None, probe: P
         if head_val is not None and (probe_val is None or head_val > probe_val):
             options.head_spec = searched.best_spec
             log.info(
-                f"fine-tuning the searched head from its trained weights (val {metric} {_shown(head_val)} beats the "
-                f"probe's {_shown(probe_val)})"
+                f"fine-tuning the searched head from its trained weights (val {metric} {shown(head_val)} beats the "
+                f"probe's {shown(probe_val)})"
             )
         else:
             log.info(
-                f"fine-tuning a linear head warm-started from the probe (val {metric} {_shown(probe_val)} vs "
-                f"searched head {_shown(head_val)})"
+                f"fine-tuning a linear head warm-started from the probe (val {metric} {shown(probe_val)} vs "
+                f"searched head {shown(head_val)})"
             )
     return options
 
