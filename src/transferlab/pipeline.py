@@ -206,8 +206,8 @@ def _probe_stage(
     candidates = {cut_point: probe.cv_score for cut_point, probe in fits.items()}
     probe = max(fits.values(), key=lambda p: -np.inf if p.cv_score is None else p.cv_score)
     if len(fits) > 1:
-        shown = ", ".join(f"{c} {shown(v)}" for c, v in candidates.items())
-        log.info(f"probe inputs by cross-validated log-likelihood: {shown}; kept {probe.cut_point}")
+        scores = ", ".join(f"{c} {shown(v)}" for c, v in candidates.items())
+        log.info(f"probe inputs by cross-validated log-likelihood: {scores}; kept {probe.cut_point}")
     features = prepared.features(probe.cut_point)
     run_dir.write_json(layout.METRICS, probe.metrics)
     save_probe(run_dir.path, probe, dataset.classes, probe.cut_point, prepared.backbone.identity(), dataset.multilabel)
