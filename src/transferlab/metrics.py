@@ -54,17 +54,21 @@ def classification_metrics(
     thresholds = np.full(len(classes), 0.5) if thresholds is None else thresholds
     y_pred = (scores >= thresholds).astype(np.uint8)
     scored = [c for c in range(len(classes)) if 0 < y_true[:, c].sum() < len(y_true)]
+    label_ap = average_precision_score(y_true[:, scored], scores[:, scored], average=None) if scored else []
+    per_class = _per_class(y_true, y_pred, classes)
+    for row in per_class:
+        row["ap"] = None  # a label all 0 or all 1 here has no AP and is left out of mAP
+    for column, value in zip(scored, np.atleast_1d(label_ap), strict=True):
+        per_class[column]["ap"] = float(value)
     return {
         "n": len(y_true),
         "macro_auc": float(roc_auc_score(y_true[:, scored], scores[:, scored], average="macro")) if scored else None,
-        "mAP": float(average_precision_score(y_true[:, scored], scores[:, scored], average="macro"))
-        if scored
-        else None,
+        "mAP": float(np.average(label_ap)) if scored else None,  # what average="macro" computes
         "macro_f1": float(f1_score(y_true, y_pred, average="macro", zero_division=0)),
         "micro_f1": float(f1_score(y_true, y_pred, average="micro", zero_division=0)),
         "exact_match": float((y_pred == y_true).all(axis=1).mean()),
         "thresholds": [float(t) for t in thresholds],
-        "per_class": _per_class(y_true, y_pred, classes),
+        "per_class": per_class,
     }
 
 

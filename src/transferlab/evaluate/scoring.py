@@ -91,18 +91,11 @@ class Evaluation:
         ]
 
     def label_ap(self) -> dict[str, float | None]:
-        """Multi-label: average precision per label (``None`` where a label is all 0 or all 1 here, as the mAP of
-        :func:`classification_metrics` leaves those out; the mean of the others is that mAP)."""
-        from sklearn.metrics import average_precision_score
-
+        """Multi-label: average precision per label, from the metrics (``None`` where a label is all 0 or all 1
+        here, as mAP leaves those out; the mean of the others is that mAP)."""
         if not self.multilabel:
             return {}
-        values: dict[str, float | None] = {}
-        for column, name in enumerate(self.classes):
-            truth = self.y_true[:, column]
-            usable = 0 < truth.sum() < len(truth)
-            values[name] = float(average_precision_score(truth, self.scores[:, column])) if usable else None
-        return values
+        return {row["class"]: row["ap"] for row in self.metrics["per_class"]}
 
     def to_dict(self, worst: int = 10) -> dict[str, Any]:
         """The JSON record of the evaluation (``evaluation.json``)."""
