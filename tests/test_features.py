@@ -15,7 +15,7 @@ from transferlab.backbones import DEFAULT_BACKBONE, load_backbone
 from transferlab.config import RunConfig
 from transferlab.features import ExtractionReport, FeatureCache, extract_features
 from transferlab.features.cache import content_hash
-from transferlab.features.extract import BF16_MIN_COSINE, Precision, choose_precision, decide_precision, feature_cache
+from transferlab.features.extract import MIN_COSINE, Precision, choose_precision, decide_precision, feature_cache
 from transferlab.prepare import prepare
 
 FP32 = Precision("fp32")
@@ -26,15 +26,15 @@ def test_bf16_features_stay_within_cosine_bound_of_fp32_on_real_photos() -> None
     transform = backbone.transform()
     photos = (skdata.chelsea(), skdata.coffee(), skdata.astronaut())
     images = torch.stack([transform(Image.fromarray(photo)) for photo in photos])
-    precision, cosine = choose_precision(backbone, images.contiguous(memory_format=torch.channels_last))
-    assert precision == "bf16"
-    assert cosine > BF16_MIN_COSINE
+    precision = choose_precision(backbone, images.contiguous(memory_format=torch.channels_last))
+    assert (precision.name, precision.device) == ("bf16", "cpu")
+    assert precision.min_cosine > MIN_COSINE
 
 
 def test_fp32_can_be_forced(monkeypatch: pytest.MonkeyPatch, tiny_weights: Path) -> None:
     monkeypatch.setenv("TRANSFERLAB_FP32", "1")
     backbone = load_backbone("test_efficientnet", tiny_weights, image_size=32)
-    assert choose_precision(backbone, torch.zeros(2, 3, 32, 32)) == ("fp32", None)
+    assert choose_precision(backbone, torch.zeros(2, 3, 32, 32)) == Precision("fp32", None, "cpu")
 
 
 def _files(folder: Path, n: int = 6) -> list[Path]:
@@ -87,9 +87,9 @@ def test_precision_depends_on_the_images_not_on_their_order_or_the_cache(
     calibrated: list[int] = []
     real_choose = choose_precision
 
-    def counting(model, images):
+    def counting(model, images, device):
         calibrated.append(len(images))
-        return real_choose(model, images)
+        return real_choose(model, images, device)
 
     monkeypatch.setattr("transferlab.features.extract.choose_precision", counting)
     first = decide_precision(backbone, paths, digests, tmp_path / "c")

@@ -56,8 +56,9 @@ class ImageClassifier(BaseEstimator):
         val_fraction: float = 0.15,
         test_fraction: float = 0.15,
         label_sep: str | None = None,
-        batch_size: int = 32,
+        batch_size: int | None = None,
         workers: int | None = None,
+        device: str = "auto",
         allow_download: bool = False,
         backbones: list[str] | None = None,
         trials: int = 0,
@@ -97,7 +98,7 @@ class ImageClassifier(BaseEstimator):
             progress=self.progress,
         )
         self.run_dir_ = result.run_dir
-        self._predictor = load_predictor(result.run_dir)
+        self._predictor = load_predictor(result.run_dir, device=self.device)
         return self
 
     @classmethod
@@ -113,7 +114,7 @@ class ImageClassifier(BaseEstimator):
         del config["data"]
         clf = cls(**config, runs_dir=path.parent, name=path.name)
         clf.run_dir_ = path
-        clf._predictor = load_predictor(path)
+        clf._predictor = load_predictor(path, device=clf.device)
         return clf
 
     @property

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from transferlab import devices
 from transferlab.backbones.model import HEAD
 from transferlab.backbones.registry import DEFAULT_BACKBONE
 from transferlab.errors import require, unknown_fields
@@ -23,12 +24,14 @@ higher on 5 of 7 datasets. ``None`` is the backbone's own crop."""
 class RunConfig:
     """Every option that changes a run's result; saved as ``config.json`` and enough to repeat the run.
 
-    ``trials`` 0 turns the head search off, ``finetune`` None turns fine-tuning off (else FinetuneOptions fields),
-    ``backbones`` (several names) ranks them first. ``test``: a separate labelled folder or CSV scored as the test
-    split (then none is carved out of ``data``); ``groups``: the CSV column whose images stay on one side of every
-    split and fold. ``crop_pct``: the centre-crop ratio (None: the backbone's own). ``multi_depth``: with the
-    ``head`` cut point the probe also tries the pre-logits joined with the last two stages' pooled features and
-    keeps whichever cross-validates better. Bad values raise a one-line :class:`TransferlabError`.
+        ``trials`` 0 turns the head search off, ``finetune`` None turns fine-tuning off (else FinetuneOptions fields),
+        ``backbones`` (several names) ranks them first. ``test``: a separate labelled folder or CSV scored as the test
+        split (then none is carved out of ``data``); ``groups``: the CSV column whose images stay on one side of every
+        split and fold. ``crop_pct``: the centre-crop ratio (None: the backbone's own). ``multi_depth``: with the
+        ``head`` cut point the probe also tries the pre-logits joined with the last two stages' pooled features and
+        keeps whichever cross-validates better. ``device``: where networks run (``transferlab.devices``; ``auto`` is
+    resolved when the run starts, so a saved config reruns on whatever the next machine has); ``batch_size`` None: the
+    device's default. Bad values raise a one-line :class:`TransferlabError`.
     """
 
     data: str
@@ -45,8 +48,9 @@ class RunConfig:
     label_sep: str | None = None
     test: str | None = None
     groups: str | None = None
-    batch_size: int = 32
+    batch_size: int | None = None
     workers: int | None = None
+    device: str = devices.AUTO
     allow_download: bool = False
     backbones: list[str] | None = None
     trials: int = 0
@@ -69,7 +73,8 @@ class RunConfig:
             self.val_fraction + self.test_fraction < 1,
             f"--val-fraction + --test-fraction must be below 1, got {self.val_fraction + self.test_fraction:g}",
         )
-        require(self.batch_size >= 1, f"--batch-size must be >= 1, got {self.batch_size}")
+        require(self.batch_size is None or self.batch_size >= 1, f"--batch-size must be >= 1, got {self.batch_size}")
+        self.device = devices.check_device_name(self.device)
         require(self.workers is None or self.workers >= 0, f"--workers must be >= 0, got {self.workers}")
         require(self.trials >= 0, f"--trials must be >= 0, got {self.trials}")
         require(self.search_timeout is None or self.search_timeout > 0, "--timeout must be positive")

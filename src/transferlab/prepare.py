@@ -12,7 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
+from transferlab import devices
 from transferlab.backbones import load_backbone
 from transferlab.backbones.cut import cut_indices, cut_parts
 from transferlab.backbones.model import Backbone
@@ -66,6 +68,7 @@ class PreparedData:
     extraction: ExtractionReport
     problems: list[Problem]
     held_out: HeldOut | None = None
+    device: torch.device = devices.CPU
 
     def features(self, cut_point: str | None = None) -> dict[str, np.ndarray]:
         """Cached features at ``cut_point`` (default: the configured one), per split name; validation and test
@@ -98,6 +101,7 @@ class PreparedData:
             "class_counts": dataset.class_counts(),
             "split_counts": self.split.counts(),
             "split_digest": split_digest(dataset.paths, self.hashes, self.split),
+            "device": {**devices.describe(self.device), "precision": self.extraction.precision},
             "backbone": {
                 **backbone.identity(),
                 "weights_path": str(backbone.weights.path),
@@ -141,6 +145,10 @@ class PreparedData:
             },
         }
 
+    def extraction_options(self, progress: bool) -> dict[str, Any]:
+        """How this run extracts: device, batch size, decoding workers and progress display."""
+        return _extraction_options(self.config, self.device, progress)
+
     def maps(self, cut_point: str | None = None, size: int = MAP_SIZE, progress: bool = False) -> dict[str, np.ndarray]:
         """Float16 (N, C, h, w) maps per split, for heads that pool themselves; computed once, then cached.
 
@@ -151,7 +159,7 @@ class PreparedData:
         precision = self.extraction.precision_used
         paths = [self.dataset.absolute(i) for i in range(len(self.dataset))]
         view = MapView(self.backbone, name, size)
-        options = {"batch_size": self.config.batch_size, "workers": self.config.workers, "progress": progress}
+        options = self.extraction_options(progress)
         cache = map_cache(self.backbone, root, name, precision, size)
         extract_features(view, paths, self.hashes, cache, precision=precision, **options)
         held_out = extract_held_out(
@@ -167,6 +175,10 @@ class PreparedData:
         return {s: matrix[self.split.indices(s)] for s in SPLITS}
 
 
+def _extraction_options(config: RunConfig, device: torch.device, progress: bool) -> dict[str, Any]:
+    return {"device": device, "batch_size": config.batch_size, "workers": config.workers, "progress": progress}
+
+
 def prepare(
     config: RunConfig,
     *,
@@ -174,6 +186,7 @@ def prepare(
     progress: bool = True,
 ) -> PreparedData:
     """Index the data, load the backbone, extract (or reuse) features and split; skipped inputs are logged."""
+    device = devices.resolve_device(config.device)  # an absent device fails here, before any work
     dataset = load_dataset(config.data, label_sep=config.label_sep, group_column=config.groups)
     backbone = load_backbone(
         config.backbone,
@@ -204,14 +217,15 @@ def prepare(
 
     root = Path(cache_dir) if cache_dir else default_cache_dir()
     paths = [dataset.absolute(i) for i in range(len(dataset))]
-    precision = decide_precision(backbone, paths, hashes, root)
+    backbone.model.to(device)
+    precision = decide_precision(backbone, paths, hashes, root, device)
     cache = feature_cache(backbone, root, precision)
     split_options = {
         "seed": config.seed,
         "val_fraction": config.val_fraction,
         "test_fraction": config.test_fraction,
     }
-    options = {"batch_size": config.batch_size, "workers": config.workers, "progress": progress}
+    options = _extraction_options(config, device, progress)
     open_cache = lambda chosen: feature_cache(backbone, root, chosen)  # noqa: E731
     # One pass per image at the precision it is used at: the split is planned on the readable images first, so
     # validation and test images (scored in fp32, as deployment runs) are not also extracted in bf16.
@@ -245,4 +259,4 @@ def prepare(
         extraction = extraction.followed_by(topped)
         if first_held_out is not None:  # one report for both fp32 passes
             held_out = replace(held_out, report=first_held_out.report.followed_by(held_out.report))
-    return PreparedData(config, dataset, hashes, split, backbone, cache, extraction, problems, held_out)
+    return PreparedData(config, dataset, hashes, split, backbone, cache, extraction, problems, held_out, device)

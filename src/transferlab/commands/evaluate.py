@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from transferlab.commands.options import add_device_argument
 from transferlab.record import layout
 
 
@@ -32,7 +33,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", help="folder to write into instead of RUN/evaluations/<name>/")
     parser.add_argument("--worst", type=int, default=10, help="how many worst errors to show (default 10)")
     parser.add_argument("--label-sep", help="separator of a CSV 'labels' column (default: the run's, else ; or |)")
-    parser.add_argument("--batch-size", type=int, default=32)
+    add_device_argument(parser)
+    parser.add_argument("--batch-size", type=int, help="images per batch (default: 32 on the CPU, 128 on a GPU)")
     parser.add_argument("--workers", type=int, default=0, help="image decoding processes (default 0)")
     parser.add_argument("--runs-dir", default="runs", help="where run names are looked up (default ./runs)")
     parser.set_defaults(handler=handle)
@@ -52,6 +54,7 @@ def handle(args: argparse.Namespace) -> None:
         skip_unknown=args.skip_unknown,
         batch_size=args.batch_size,
         workers=args.workers,
+        device=args.device,
     )
     for problem in evaluation.problems:
         print(problem, file=sys.stderr)

@@ -108,7 +108,7 @@ def finetune_options(args: argparse.Namespace) -> FinetuneOptions:
         layer_decay=args.layer_decay,
         weight_decay=args.weight_decay,
         patience=args.patience,
-        batch_size=args.batch_size,
+        batch_size=args.batch_size or FinetuneOptions.batch_size,
         image_size=args.finetune_image_size,
         augment=args.augment,
         balance=args.balance,
@@ -140,6 +140,7 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def handle(args: argparse.Namespace) -> None:
+    from transferlab.devices import resolve_device
     from transferlab.finetune import finetune
     from transferlab.finetune.depth_search import search_unfreeze
     from transferlab.finetune.distributed import from_environment
@@ -153,7 +154,8 @@ def handle(args: argparse.Namespace) -> None:
     if args.folds and args.resume:
         raise TransferlabError("--resume is not supported with --folds")
     options = finetune_options(args)
-    distributed = from_environment()  # data-parallel under torchrun; a no-op otherwise
+    # data-parallel under torchrun (one process per GPU with --device cuda); a no-op otherwise
+    distributed = from_environment(resolve_device(args.device).type)
     say = print if distributed.is_main else (lambda _: None)
     if not distributed.is_main:  # one voice under torchrun: rank 0's
         logging.getLogger("transferlab").setLevel(logging.WARNING)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from transferlab import devices
 from transferlab.backbones import DEFAULT_BACKBONE
 from transferlab.backbones.model import HEAD
 from transferlab.config import WHOLE_IMAGE, RunConfig
@@ -80,12 +81,27 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--val-fraction", type=float, default=0.15)
     parser.add_argument("--test-fraction", type=float, default=0.15, help="unused with --test (default 0.15)")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--workers", type=int, help="image decoding processes (default: cores - 1, at most 2)")
+    add_device_options(parser)
     parser.add_argument("--runs-dir", default="runs", help="where run directories go (default ./runs)")
     parser.add_argument("--name", help="run name (default: <data>-<UTC time>)")
     parser.add_argument("--cache-dir", help="feature cache (default $TRANSFERLAB_CACHE or ~/.cache/transferlab)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def add_device_argument(parser: argparse.ArgumentParser) -> None:
+    """``--device``, on every command that runs a network."""
+    parser.add_argument("--device", default=devices.AUTO, help=devices.DEVICE_HELP)
+
+
+def add_device_options(parser: argparse.ArgumentParser) -> None:
+    """Where networks run and how images reach them (the run-like commands)."""
+    add_device_argument(parser)
+    parser.add_argument(
+        "--batch-size", type=int, help="images per batch (default: 32 on the CPU, 128 on a GPU; fine-tuning 32)"
+    )
+    parser.add_argument(
+        "--workers", type=int, help="image decoding processes (default: cores - 1, at most 2 on the CPU, 8 on a GPU)"
+    )
 
 
 RUN_OPTION_NAMES = (
@@ -105,6 +121,7 @@ RUN_OPTION_NAMES = (
     "label_sep",
     "batch_size",
     "workers",
+    "device",
 )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from transferlab.commands.options import add_device_argument
 from transferlab.record import layout
 
 
@@ -19,7 +20,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("model", help="run directory, run name inside --runs-dir, or ONNX export directory")
     parser.add_argument("paths", nargs="+", metavar="PATH", help="image files, folders (recursive) or CSVs of paths")
     parser.add_argument("--out", default=layout.PREDICTIONS, help="CSV to write (default predictions.csv)")
-    parser.add_argument("--batch-size", type=int, default=32)
+    add_device_argument(parser)
+    parser.add_argument("--batch-size", type=int, help="images per batch (default: 32 on the CPU, 128 on a GPU)")
     parser.add_argument("--workers", type=int, default=0, help="image decoding processes (default 0)")
     parser.add_argument("--runs-dir", default="runs", help="where run names are looked up (default ./runs)")
     parser.set_defaults(handler=handle)
@@ -29,7 +31,7 @@ def handle(args: argparse.Namespace) -> None:
     from transferlab.predict import collect_inputs, load_predictor, predict_paths, write_predictions_csv
     from transferlab.record.runfiles import resolve_model
 
-    predictor = load_predictor(resolve_model(args.model, args.runs_dir))
+    predictor = load_predictor(resolve_model(args.model, args.runs_dir), device=args.device)
     paths, missing = collect_inputs(args.paths)
     predictions = predict_paths(predictor, paths, batch_size=args.batch_size, workers=args.workers)
     for problem in [*missing, *predictions.skipped]:

@@ -32,6 +32,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     worker.add_argument("--study", required=True, help="study name")
     worker.add_argument("--storage", required=True, help="Optuna storage URL, e.g. postgresql://user@host/db")
+    worker.add_argument("--device", help="this worker's device (default: the study creator's --device, resolved here)")
     worker.set_defaults(handler=handle_worker)
 
 
@@ -69,5 +70,5 @@ def handle_search(args: argparse.Namespace) -> None:
 def handle_worker(args: argparse.Namespace) -> None:
     from transferlab.search import run_worker
 
-    ran = run_worker(args.study, args.storage)
+    ran = run_worker(args.study, args.storage, args.device)
     print(f"worker finished: ran {ran} trial(s) of study '{args.study}'")

@@ -191,7 +191,7 @@ def evaluate_dataset(
     model: Path,
     name: str | None = None,
     skip_unknown: bool = False,
-    batch_size: int = 32,
+    batch_size: int | None = None,
     workers: int = 0,
 ) -> Evaluation:
     """Score an indexed data set with a loaded predictor (what :func:`evaluate` and ``ImageClassifier.score`` share)."""
@@ -237,8 +237,9 @@ def evaluate(
     name: str | None = None,
     label_sep: str | None = None,
     skip_unknown: bool = False,
-    batch_size: int = 32,
+    batch_size: int | None = None,
     workers: int = 0,
+    device: str = "auto",
 ) -> Evaluation:
     """Score a run's final model (or an ONNX export directory) on a labelled folder tree or CSV.
 
@@ -248,7 +249,7 @@ def evaluate(
     model = resolve_model(run, runs_dir)
     separator = label_sep if label_sep is not None else _run_label_sep(model)
     dataset = load_dataset(data, label_sep=separator)
-    predictor = load_predictor(model)
+    predictor = load_predictor(model, device=device)
     return evaluate_dataset(
         predictor,
         dataset,

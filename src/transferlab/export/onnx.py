@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from transferlab.devices import CPU
 from transferlab.errors import TransferlabError
 from transferlab.fileio import atomic_write_bytes, write_json
 from transferlab.model import LoadedModel, load_run_model
@@ -89,14 +90,25 @@ def _to_onnx_bytes(module: torch.nn.Module, example: torch.Tensor) -> bytes:
     return buffer.getvalue()
 
 
-def onnx_session(model_bytes: bytes | Path) -> Any:
-    """An onnxruntime CPU session (import deferred: onnxruntime is the optional ``export`` extra)."""
+def execution_providers(device: torch.device, available: list[str]) -> list[Any]:
+    """onnxruntime providers for ``device``: CUDA first where the installed onnxruntime has it and the device is a
+    GPU (the CPU stays as the fallback for operators CUDA lacks), else the CPU alone."""
+    cuda = "CUDAExecutionProvider"
+    if device.type == "cuda" and cuda in available:
+        return [(cuda, {"device_id": device.index or 0}), "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
+def onnx_session(model_bytes: bytes | Path, device: torch.device = CPU) -> Any:
+    """An onnxruntime session on ``device`` where it can run there (import deferred: onnxruntime is the optional
+    ``export`` extra)."""
     try:
         import onnxruntime
     except ImportError:
         raise TransferlabError("ONNX needs onnxruntime: pip install 'transferlab[export]'") from None
     source = str(model_bytes) if isinstance(model_bytes, Path) else model_bytes
-    return onnxruntime.InferenceSession(source, providers=["CPUExecutionProvider"])
+    providers = execution_providers(device, onnxruntime.get_available_providers())
+    return onnxruntime.InferenceSession(source, providers=providers)
 
 
 def export_onnx(run_dir: str | Path, out_dir: str | Path | None = None, *, check_batch: int = 3) -> ExportResult:

@@ -1,17 +1,20 @@
-"""Batched multi-depth feature extraction with the fast CPU path (channels_last + bf16 autocast) when it is accurate.
+"""Batched multi-depth feature extraction on the run's device, in its reduced precision (channels_last + bf16 or
+fp16 autocast, ``transferlab.devices``) when that is accurate.
 
-bf16 roughly doubles CPU throughput but is not safe for every model, so a calibration batch is run both ways and
-bf16 is kept only if every cut point's features stay within cosine similarity 0.99 of float32. The calibration
-images are the dataset's first by content hash, not whichever images happen to be uncached, and the decision is
-part of the cache key: the same images and backbone always get the same precision, and features of two precisions
-never mix in one cache. Images that cannot be decoded are reported by name and reason and left out; nothing else
-stops.
+Reduced precision roughly doubles throughput (CPU bf16; more on GPUs) but is not safe for every model, so a
+calibration batch is run both ways and it is kept only if every cut point's features stay within cosine similarity
+0.99 of float32. The calibration images are the dataset's first by content hash, not whichever images happen to be
+uncached, and the decision is part of the cache key: the same images, backbone and device always get the same
+precision, and features of two precisions never mix in one cache. Images that cannot be decoded are reported by
+name and reason and left out; a batch that runs out of device memory is split in halves (said once), so finished
+shards are never lost; nothing else stops.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import time
 from collections.abc import Callable
@@ -23,12 +26,16 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from transferlab import devices
 from transferlab.backbones.model import Backbone
 from transferlab.data.images import ImageLoadError, load_image
+from transferlab.errors import TransferlabError
 from transferlab.features.cache import FeatureCache
 from transferlab.fileio import read_json, write_json
 
-BF16_MIN_COSINE = 0.99
+log = logging.getLogger(__name__)
+
+MIN_COSINE = 0.99
 CALIBRATION_IMAGES = 8
 SHARD_SIZE = 512
 
@@ -75,11 +82,13 @@ class ExtractionReport:
     failed: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
     precision: str = "fp32"
-    bf16_min_cosine: float | None = None
+    min_cosine: float | None = None
+    device: str = "cpu"
+    batch_size: int | None = None  # the batch that fitted (smaller than asked after an out-of-memory split)
 
     @property
     def precision_used(self) -> Precision:
-        return Precision(self.precision, self.bf16_min_cosine)
+        return Precision(self.precision, self.min_cosine, self.device)
 
     @property
     def images_per_second(self) -> float | None:
@@ -99,48 +108,57 @@ def _min_cosine(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float
     return min(float(torch.nn.functional.cosine_similarity(a[k], b[k], dim=1).mean()) for k in a)
 
 
-def _fp32_forced() -> bool:
-    """No oneDNN bf16 kernels, or the user set ``TRANSFERLAB_FP32=1``."""
-    return not torch.backends.mkldnn.is_available() or os.environ.get("TRANSFERLAB_FP32") == "1"
-
-
-def choose_precision(backbone: Backbone, images: torch.Tensor) -> tuple[str, float | None]:
-    """'bf16' if autocast keeps every cut point's features within the cosine bound of float32 (on average over the
-    first batch), else 'fp32'."""
-    if _fp32_forced():
-        return "fp32", None
-    with torch.inference_mode():
-        reference = backbone.features(images)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            fast = backbone.features(images)
-    cosine = _min_cosine(reference, fast)
-    return ("bf16" if cosine > BF16_MIN_COSINE else "fp32"), cosine
-
-
 @dataclass(frozen=True)
 class Precision:
-    """How features are computed: 'bf16' (autocast) or 'fp32', and the calibration cosine that decided it."""
+    """How features are computed: 'bf16' / 'fp16' (autocast) or 'fp32', the calibration cosine that decided it and
+    the device type it was decided on (features of one precision still differ slightly between devices)."""
 
     name: str
-    bf16_min_cosine: float | None = None
+    min_cosine: float | None = None
+    device: str = "cpu"
 
 
-FP32 = Precision("fp32")
+FP32 = Precision(devices.FP32)
+
+
+def choose_precision(backbone: Backbone, images: torch.Tensor, device: torch.device = devices.CPU) -> Precision:
+    """The device's reduced precision if autocast keeps every cut point's features within the cosine bound of
+    float32 (on average over the first batch), else fp32."""
+    candidate = devices.reduced_precision(device)
+    if candidate is None:
+        return replace(FP32, device=device.type)
+    images = images.to(device)
+    with torch.inference_mode():
+        reference = backbone.features(images)
+        with devices.autocast(device, candidate):
+            fast = backbone.features(images)
+    cosine = _min_cosine(reference, fast)
+    return Precision(candidate if cosine > MIN_COSINE else devices.FP32, cosine, device.type)
+
+
+def precision_identity(precision: Precision) -> dict[str, str]:
+    """What a precision adds to a cache key: its name and, off the CPU, the device type (so caches made on the CPU
+    before devices existed stay valid, and GPU features never stand in for CPU ones)."""
+    return {"precision": precision.name} | ({} if precision.device == "cpu" else {"device": precision.device})
 
 
 def feature_cache(backbone: Backbone, root: Path, precision: Precision) -> FeatureCache:
     """The cache of ``backbone``'s pooled features computed at ``precision`` (each precision has its own)."""
-    return FeatureCache(root, {**backbone.identity(), "precision": precision.name})
+    return FeatureCache(root, {**backbone.identity(), **precision_identity(precision)})
 
 
-def decide_precision(backbone: Backbone, paths: list[Path], digests: list[str], root: Path) -> Precision:
-    """The precision for these images: :func:`choose_precision` on the first decodable images by content hash.
+def decide_precision(
+    backbone: Backbone, paths: list[Path], digests: list[str], root: Path, device: torch.device = devices.CPU
+) -> Precision:
+    """The precision for these images on ``device``: :func:`choose_precision` on the first decodable images by
+    content hash.
 
-    Remembered under ``<root>/precision/`` by backbone identity and calibration hashes, so a fully cached run does
-    not run the backbone at all. ``TRANSFERLAB_FP32=1`` forces fp32 (and is not remembered).
+    Remembered under ``<root>/precision/`` by backbone identity, device and calibration hashes, so a fully cached
+    run does not run the backbone at all. ``TRANSFERLAB_FP32=1`` forces fp32 (and is not remembered).
     """
-    if _fp32_forced():
-        return FP32
+    candidate = devices.reduced_precision(device)
+    if candidate is None:
+        return replace(FP32, device=device.type)
     files = ImageFiles([paths[i] for i in sorted(range(len(digests)), key=digests.__getitem__)], backbone.transform())
     rows, images = [], []
     for index in range(len(files)):
@@ -151,17 +169,66 @@ def decide_precision(backbone: Backbone, paths: list[Path], digests: list[str], 
         if len(images) == CALIBRATION_IMAGES:
             break
     if not images:
-        return FP32
+        return replace(FP32, device=device.type)
     calibration = sorted(digests)
-    key = json.dumps([backbone.identity(), [calibration[i] for i in rows]], sort_keys=True)
+    identity = [backbone.identity(), [calibration[i] for i in rows]]
+    if device.type != "cpu":  # (CPU memos made before devices existed keep their names)
+        identity.append([device.type, candidate])
+    key = json.dumps(identity, sort_keys=True)
     memo = Path(root) / "precision" / f"{hashlib.sha256(key.encode()).hexdigest()[:20]}.json"
     if memo.is_file():
-        return Precision(**read_json(memo))
+        saved = read_json(memo)
+        return Precision(saved["name"], saved.get("min_cosine", saved.get("bf16_min_cosine")), device.type)
     batch = torch.stack(images).contiguous(memory_format=torch.channels_last)
-    precision = Precision(*choose_precision(backbone, batch))
+    precision = choose_precision(backbone, batch, device)
     memo.parent.mkdir(parents=True, exist_ok=True)
-    write_json(memo, {"name": precision.name, "bf16_min_cosine": precision.bf16_min_cosine})
+    write_json(memo, {"name": precision.name, "min_cosine": precision.min_cosine})
     return precision
+
+
+class _Forward:
+    """``backbone.features`` on ``device`` at ``precision``, batch by batch, as float32 numpy arrays on the host.
+
+    A batch that runs out of device memory is split in halves until it fits (said once), and later batches are
+    split the same way, so extraction goes on instead of crashing and losing finished shards.
+    """
+
+    def __init__(self, backbone: Backbone, device: torch.device, precision: str, batch_size: int) -> None:
+        self.backbone, self.device, self.precision, self.limit = backbone, device, precision, batch_size
+        self.halved = False
+
+    def __call__(self, images: torch.Tensor) -> dict[str, np.ndarray]:
+        parts: list[dict[str, np.ndarray]] = []
+        start = 0
+        while start < len(images):
+            chunk = images[start : start + self.limit]
+            try:
+                parts.append(self._run(chunk))
+            except Exception as error:
+                if not devices.is_out_of_memory(error):
+                    raise
+                self._halve(error)
+                continue
+            start += len(chunk)
+        return parts[0] if len(parts) == 1 else {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+    def _run(self, chunk: torch.Tensor) -> dict[str, np.ndarray]:
+        chunk = chunk.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode(), devices.autocast(self.device, self.precision):
+            features = self.backbone.features(chunk)
+        return {name: value.float().cpu().numpy() for name, value in features.items()}
+
+    def _halve(self, error: BaseException) -> None:
+        devices.release_memory(self.device)
+        if self.limit == 1:
+            raise TransferlabError(
+                f"out of memory on {self.device} even for one image at this resolution: use a smaller --image-size, "
+                "another --device or a smaller backbone"
+            ) from error
+        if not self.halved:
+            log.warning(f"out of memory on {self.device} with batches of {self.limit}: halving them until they fit")
+            self.halved = True
+        self.limit = max(1, self.limit // 2)
 
 
 def extract_features(
@@ -171,29 +238,36 @@ def extract_features(
     cache: FeatureCache,
     *,
     precision: Precision,
-    batch_size: int = 32,
+    device: torch.device = devices.CPU,
+    batch_size: int | None = None,
     workers: int | None = None,
     progress: bool = True,
 ) -> ExtractionReport:
     """Compute and cache features for every image whose content hash is not cached yet.
 
-    ``precision`` (from :func:`decide_precision`) must be the one ``cache`` is keyed by.
+    ``precision`` (from :func:`decide_precision`) must be the one ``cache`` is keyed by; ``batch_size`` and
+    ``workers`` default to what suits ``device`` (``transferlab.devices``).
     """
-    report = ExtractionReport(precision=precision.name, bf16_min_cosine=precision.bf16_min_cosine)
+    batch_size = batch_size or devices.default_batch_size(device)
+    report = ExtractionReport(
+        precision=precision.name, min_cosine=precision.min_cosine, device=device.type, batch_size=batch_size
+    )
     todo = [i for i, digest in enumerate(digests) if digest not in cache]
     seen: dict[str, int] = {}
     todo = [i for i in todo if seen.setdefault(digests[i], i) == i]
     report.cached = sum(digest in cache for digest in digests)
     if not todo:
         return report
-    workers = min(2, max(0, (os.cpu_count() or 1) - 1)) if workers is None else workers
+    workers = devices.decode_workers(device) if workers is None else workers
     loader = DataLoader(
         ImageFiles([paths[i] for i in todo], backbone.transform()),
         batch_size=batch_size,
         num_workers=workers,
         collate_fn=collate_images,
+        **devices.loader_options(device),
     )
-    model = backbone.model.to(memory_format=torch.channels_last)
+    model = backbone.model.to(device, memory_format=torch.channels_last)
+    forward = _Forward(backbone, device, precision.name, batch_size)
     pending_digests: list[str] = []
     pending: dict[str, list[np.ndarray]] = {}
     failed_digests: dict[str, str] = {}
@@ -204,18 +278,17 @@ def extract_features(
             for local, reason in failed:
                 failed_digests[digests[todo[local]]] = reason
             if images is not None:
-                images = images.contiguous(memory_format=torch.channels_last)
-                with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16, enabled=report.precision == "bf16"):
-                    batch = backbone.features(images)
+                batch = forward(images)
                 pending_digests.extend(digests[todo[i]] for i in local_indices)
                 for name, value in batch.items():
-                    pending.setdefault(name, []).append(value.float().numpy())
+                    pending.setdefault(name, []).append(value)
                 report.computed += len(local_indices)
             if len(pending_digests) >= per_shard:
                 _flush(cache, pending_digests, pending)
             bar.update(len(local_indices) + len(failed))
     _flush(cache, pending_digests, pending)
     model.to(memory_format=torch.contiguous_format)
+    report.batch_size = forward.limit
     # Every copy of an undecodable file is reported, not only the one that was decoded.
     report.failed = {str(p): failed_digests[d] for p, d in zip(paths, digests, strict=True) if d in failed_digests}
     report.seconds = time.perf_counter() - start

@@ -60,9 +60,10 @@ def recalibrate(net: nn.Module, body: nn.Module, trainable: list[Unit], batches:
         layer.reset_running_stats()
         layer.momentum = None  # cumulative average over all batches
         layer.train()
+    device = next(net.parameters()).device
     with torch.no_grad():
         for inputs, _ in batches:
-            net(inputs)
+            net(inputs.to(device, non_blocking=True))
     for layer, momentum in zip(layers, momenta, strict=True):
         layer.momentum = momentum
         layer.eval()

@@ -66,6 +66,7 @@ def feature_chain(net: FinetuneNet, image_size: int) -> list[str]:
     matched = 0
     try:
         x = torch.randn(2, 3, image_size, image_size, generator=torch.Generator().manual_seed(0))
+        x = x.to(next(net.parameters()).device)
         expected = net.maps(x)
         for length, name in enumerate(candidates, start=1):
             try:
@@ -229,12 +230,12 @@ def cached_boundary(
         raise TransferlabError(f"--cache-views must be at least 1, got {options.cache_views}")
     lowest = lowest_trainable(units, plans)
     lower, upper = split_chain(feature_chain(net, image_size), None if lowest is None else lowest.modules[0])
-    was_training = net.training
+    was_training, device = net.training, next(net.parameters()).device
     net.eval()
     try:
         stores = {
             split: cache_activations(
-                lambda images: run_chain(net.body, lower, images),
+                lambda images: run_chain(net.body, lower, images.to(device, non_blocking=True)),
                 DataLoader(loader.dataset, batch_size=loader.batch_size or 32, num_workers=loader.num_workers),
                 options.cache_views if split == "train" else 1,
                 seed=options.seed,

@@ -55,6 +55,8 @@ def rng_state() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     kind, keys, position, has_gauss, cached = np.random.get_state()
     version, python_state, gauss = random.getstate()
     tensors = {"rng.torch": torch.get_rng_state(), "rng.numpy": torch.from_numpy(np.asarray(keys, dtype=np.int64))}
+    if torch.cuda.is_initialized():  # dropout on a GPU draws from its own generator
+        tensors["rng.cuda"] = torch.cuda.get_rng_state()
     meta = {
         "numpy": [kind, int(position), int(has_gauss), float(cached)],
         "python": [version, list(python_state), gauss],
@@ -63,7 +65,11 @@ def rng_state() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
 
 
 def set_rng_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    """Restore :func:`rng_state`'s states; a GPU's generator only where there is one (a checkpoint made on a GPU
+    resumes on the CPU)."""
     torch.set_rng_state(tensors["rng.torch"])
+    if "rng.cuda" in tensors and torch.cuda.is_available():
+        torch.cuda.set_rng_state(tensors["rng.cuda"])
     kind, position, has_gauss, cached = meta["numpy"]
     np.random.set_state((kind, tensors["rng.numpy"].numpy().astype(np.uint32), position, has_gauss, cached))
     version, python_state, gauss = meta["python"]
@@ -71,8 +77,11 @@ def set_rng_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> Non
 
 
 def save_checkpoint(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
-    """Write tensors + JSON metadata atomically (a kill mid-write leaves the previous checkpoint intact)."""
-    contiguous = {name: tensor.detach().contiguous().clone() for name, tensor in tensors.items()}
+    """Write tensors + JSON metadata atomically (a kill mid-write leaves the previous checkpoint intact).
+
+    Tensors are stored from host memory, so the file does not depend on the device it was trained on; loading
+    always gives CPU tensors, which ``load_state_dict`` copies onto wherever the resumed network lives."""
+    contiguous = {name: tensor.detach().to("cpu").contiguous().clone() for name, tensor in tensors.items()}
     atomic_write_bytes(path, save(contiguous, metadata={"transferlab": json.dumps(meta)}))
 
 

@@ -66,8 +66,11 @@ def loss_function(targets: np.ndarray, n_outputs: int, balance: str) -> nn.Modul
     return nn.CrossEntropyLoss(weight=tensor)
 
 
-def training_loader(dataset: LabelledImages, batch_size: int, balance: str, workers: int) -> DataLoader:
-    """Shuffled batches (or class-balanced draws); the last partial batch is dropped so BatchNorm never sees 1 image."""
+def training_loader(
+    dataset: LabelledImages, batch_size: int, balance: str, workers: int, pin_memory: bool = False
+) -> DataLoader:
+    """Shuffled batches (or class-balanced draws); the last partial batch is dropped so BatchNorm never sees 1 image.
+    ``pin_memory`` for batches bound for a CUDA device (asynchronous copies)."""
     sampler = None
     targets = dataset.targets.numpy()
     if balance == "sampler" and targets.ndim == 1:
@@ -80,8 +83,9 @@ def training_loader(dataset: LabelledImages, batch_size: int, balance: str, work
         sampler=sampler,
         num_workers=workers,
         drop_last=len(dataset) > batch_size,
+        pin_memory=pin_memory,
     )
 
 
-def evaluation_loader(dataset: LabelledImages, batch_size: int, workers: int) -> DataLoader:
-    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers)
+def evaluation_loader(dataset: LabelledImages, batch_size: int, workers: int, pin_memory: bool = False) -> DataLoader:
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers, pin_memory=pin_memory)

@@ -76,6 +76,7 @@ class Distributed:
             sampler=sampler,
             num_workers=loader.num_workers,
             drop_last=loader.drop_last and len(sampler) > (loader.batch_size or 1),  # never drop a whole shard
+            pin_memory=loader.pin_memory,
         )
 
     def all_finite(self, loss: torch.Tensor) -> bool:
@@ -130,7 +131,7 @@ def from_environment(device_type: str = "cpu") -> Distributed:
     """Join the torchrun job described by the environment, or return a single-process context.
 
     ``device_type`` is where the engine trains: ``cpu`` uses gloo (threads split between the local processes),
-    ``cuda`` uses nccl with one GPU per local rank. The engine trains on CPU today, hence the default.
+    ``cuda`` uses nccl with one GPU per local rank (``device`` is ``cuda:LOCAL_RANK``).
     """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size <= 1:

@@ -21,6 +21,7 @@ from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 from torch.utils.data import DataLoader
 
+from transferlab import devices
 from transferlab.errors import TransferlabError
 from transferlab.finetune.batchnorm import BN_POLICY, hold_statistics, recalibrate, set_trainable
 from transferlab.finetune.blocks import Unit
@@ -174,7 +175,11 @@ def split_metric(targets: np.ndarray, scores: np.ndarray, classes: list[str]) ->
 
 class Trainer:
     """Runs stage plans on one network: optimizer, LR schedule and LR-sanity restarts here, the rest callbacks
-    (progress log, early stopping, checkpoints, ``on_epoch``)."""
+    (progress log, early stopping, checkpoints, ``on_epoch``).
+
+    It trains where the network's parameters are, with batches copied there asynchronously, in the device's
+    training precision (``devices.training_precision``: AMP on CUDA; fp16 with a gradient scaler).
+    """
 
     def __init__(
         self,
@@ -196,6 +201,9 @@ class Trainer:
         self.distributed = distributed or Distributed()
         self.classes, self.multilabel, self.options = classes, multilabel, options
         self.head_trained = head_trained  # the head starts trained (searched head or probe warm start)
+        self.device = next(net.parameters()).device
+        self.precision = devices.training_precision(self.device)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         tracker = EarlyStopping(options.patience)
         self.checkpointer = Checkpointer(checkpoint, fingerprint, tracker, self.distributed.is_main)
         self.progress = Progress(self.distributed.is_main, on_epoch)
@@ -207,14 +215,22 @@ class Trainer:
         total, probabilities, targets = 0.0, [], []
         with torch.no_grad():
             for images, target in loader:
-                logits = self.net(images)
-                total += float(self.loss(logits, target)) * len(images)
+                logits = self._forward(self.net, images)
+                total += float(self.loss(logits, target.to(self.device))) * len(images)
                 probabilities.append(self._probabilities(logits))
                 targets.append(target.numpy())
         return total / max(1, len(loader.dataset)), np.concatenate(probabilities), np.concatenate(targets)
 
+    def _forward(self, net: nn.Module, images: torch.Tensor) -> torch.Tensor:
+        """Float32 logits of ``images`` copied to the device, the network run in the training precision."""
+        images = images.to(self.device, non_blocking=True)
+        if images.ndim == 4:
+            images = images.contiguous(memory_format=devices.memory_format(self.device))
+        with devices.autocast(self.device, self.precision):
+            return net(images).float()
+
     def _probabilities(self, logits: torch.Tensor) -> np.ndarray:
-        return probabilities(logits, self.multilabel).detach().double().numpy()
+        return probabilities(logits, self.multilabel).detach().double().cpu().numpy()
 
     def _param_groups(self, record: dict[str, Any], trainable: list[Unit]) -> list[dict[str, Any]]:
         """Head at ``lr_head``; backbone units at ``lr_backbone``, or decayed by ``layer_decay`` per unit downwards."""
@@ -242,13 +258,14 @@ class Trainer:
         net = self.distributed.training_module(self.net, self.loaders["train"])  # DDP under torchrun
         total, count, probabilities, targets = 0.0, 0, [], []
         for images, target in self.loaders["train"]:
-            logits = net(images)
-            loss = self.loss(logits, target)
+            logits = self._forward(net, images)
+            loss = self.loss(logits, target.to(self.device, non_blocking=True))
             if not self.distributed.all_finite(loss):
                 return math.nan, 0.0
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            self.scaler.scale(loss).backward()  # (the scaler is a pass-through unless training in fp16)
+            self.scaler.step(optimizer)
+            self.scaler.update()
             scheduler.step()
             total += float(loss.detach()) * len(images)
             count += len(images)

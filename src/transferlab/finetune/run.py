@@ -126,9 +126,10 @@ def finetune(
     Under ``torchrun`` (or with ``distributed`` given) training is data-parallel and only rank 0 logs and writes.
     """
     started = time.perf_counter()
-    distributed = distributed or from_environment()
+    distributed = distributed or from_environment(prepared.device.type)
     run_dir = Path(run_dir)
-    setup = build_setup(prepared, options)
+    # under torchrun on GPUs each process trains on its own GPU (cuda:LOCAL_RANK), not the run's first one
+    setup = build_setup(prepared, options, distributed.device if distributed.enabled else None)
     net, units, loaders, paths = setup.net, setup.units, setup.loaders, setup.paths
     head_source = _warm_start(setup, prepared, options, probe, head_init, distributed.is_main)
     plans = plan_stages(units, parse_unfreeze(options.unfreeze, units), options, head_source != "random")

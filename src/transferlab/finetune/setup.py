@@ -16,6 +16,7 @@ from timm.data import create_transform
 from torch import nn
 from torch.utils.data import DataLoader
 
+from transferlab import devices
 from transferlab.data.split import SPLITS
 from transferlab.errors import TransferlabError
 from transferlab.finetune.augment import training_transform
@@ -43,9 +44,11 @@ class FinetuneSetup:
     loaders: dict[str, DataLoader]
 
 
-def build_setup(prepared: PreparedData, options: FinetuneOptions) -> FinetuneSetup:
-    """The seeded network (a copy of the backbone, cut, with a fresh ``options.head_spec`` head), its units, the
-    train loader (augmented, balanced as asked), val/test loaders and the loss."""
+def build_setup(prepared: PreparedData, options: FinetuneOptions, device: torch.device | None = None) -> FinetuneSetup:
+    """The seeded network (a copy of the backbone, cut, with a fresh ``options.head_spec`` head) and the loss on
+    ``device`` (default: the run's), its units, the train loader (augmented, balanced as asked), val/test
+    loaders."""
+    device = device or prepared.device
     dataset, classes = prepared.dataset, prepared.dataset.classes
     spec = options.head_spec or HeadSpec(output="sigmoid" if dataset.multilabel else "softmax")
     if spec.multilabel != dataset.multilabel:
@@ -61,12 +64,15 @@ def build_setup(prepared: PreparedData, options: FinetuneOptions) -> FinetuneSet
     np.random.seed(options.seed)
     size = data_config["input_size"][-1]
     net = build_network(prepared.backbone.model, prepared.config.cut_point, spec, len(classes), size)
+    net.to(device, memory_format=devices.memory_format(device))
+    net.device = device
     targets = prepared.targets()
     paths = {split: prepared.split_paths(split) for split in SPLITS}
     train = LabelledImages(paths["train"], targets["train"], train_transform)
-    loaders = {"train": training_loader(train, options.batch_size, options.balance, options.workers)}
+    pin = devices.loader_options(device)["pin_memory"]
+    loaders = {"train": training_loader(train, options.batch_size, options.balance, options.workers, pin)}
     for split in ("val", "test"):
         images = LabelledImages(paths[split], targets[split], eval_transform)
-        loaders[split] = evaluation_loader(images, options.batch_size, options.workers)
-    loss = loss_function(targets["train"], len(classes), options.balance)
+        loaders[split] = evaluation_loader(images, options.batch_size, options.workers, pin)
+    loss = loss_function(targets["train"], len(classes), options.balance).to(device)
     return FinetuneSetup(spec, data_config, train_transform, net, freeze_units(net.body), paths, loss, loaders)

@@ -72,7 +72,7 @@ def finetune_folds(
 
     The standard deviation is the sample one (ddof=1) over folds: the spread a new split would show.
     """
-    distributed = distributed or from_environment()
+    distributed = distributed or from_environment(prepared.device.type)
     rows: list[dict[str, Any]] = []
     metric = ""
     for fold, split in enumerate(fold_splits(prepared, folds, options.seed)):
@@ -115,7 +115,7 @@ def finetune_from_scratch(
 
     ``finetune.json`` gets ``"from_scratch": true`` so a report never mistakes it for a transfer result.
     """
-    distributed = distributed or from_environment()
+    distributed = distributed or from_environment(prepared.device.type)
     torch.manual_seed(options.seed)
     model = timm.create_model(prepared.backbone.name, pretrained=False, num_classes=0)
     scratch = replace(prepared, backbone=replace(prepared.backbone, model=model))

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from transferlab import devices
 from transferlab.data.dataset import Problem, printable
 from transferlab.errors import TransferlabError
 from transferlab.export.onnx import INPUT_NAME, MODEL_FILE, OUTPUT_NAME, PREPROCESSING_FILE, onnx_session
@@ -36,6 +37,7 @@ class Predictor:
     preprocessing: dict[str, Any]
     scores: Callable[[torch.Tensor], np.ndarray]
     source: str
+    device: torch.device = devices.CPU
 
     def _cutoffs(self) -> np.ndarray:
         return self.thresholds if self.thresholds is not None else np.full(len(self.classes), 0.5)
@@ -53,35 +55,38 @@ def _thresholds(values: Sequence[float] | None) -> np.ndarray | None:
     return None if values is None else np.asarray(values, dtype=np.float32)
 
 
-def _torch_predictor(run: Path) -> Predictor:
-    model = load_run_model(run)
+def _torch_predictor(run: Path, device: torch.device) -> Predictor:
+    model = load_run_model(run, device)
 
     def scores(images: torch.Tensor) -> np.ndarray:
         with torch.inference_mode():
-            return model.module(images.to(model.module.device)).cpu().numpy()
+            return model.module(images.to(device, non_blocking=True)).float().cpu().numpy()
 
     thresholds = _thresholds(model.thresholds) if model.multilabel else None
-    return Predictor(model.classes, model.multilabel, thresholds, model.preprocessing, scores, f"run {run}")
+    return Predictor(model.classes, model.multilabel, thresholds, model.preprocessing, scores, f"run {run}", device)
 
 
-def _onnx_predictor(folder: Path) -> Predictor:
+def _onnx_predictor(folder: Path, device: torch.device) -> Predictor:
     meta = read_json(folder / PREPROCESSING_FILE)
-    session = onnx_session(folder / meta.get("model_file", MODEL_FILE))
+    session = onnx_session(folder / meta.get("model_file", MODEL_FILE), device)
 
     def scores(images: torch.Tensor) -> np.ndarray:
         return session.run([OUTPUT_NAME], {INPUT_NAME: images.numpy()})[0]
 
     thresholds = _thresholds(meta.get("thresholds")) if meta["multilabel"] else None
-    return Predictor(meta["classes"], meta["multilabel"], thresholds, meta["preprocessing"], scores, f"onnx {folder}")
+    source = f"onnx {folder}"
+    return Predictor(meta["classes"], meta["multilabel"], thresholds, meta["preprocessing"], scores, source, device)
 
 
-def load_predictor(model: str | Path) -> Predictor:
-    """An export directory (has ``preprocessing.json``) or a run directory (``finetuned.*`` or ``probe.*``)."""
+def load_predictor(model: str | Path, *, device: str | torch.device | None = devices.AUTO) -> Predictor:
+    """An export directory (has ``preprocessing.json``) or a run directory (``finetuned.*`` or ``probe.*``), set to
+    run on ``device`` (``transferlab.devices``; ONNX uses onnxruntime's CUDA provider where it has one)."""
     path = Path(model)
+    where = devices.resolve_device(device)
     if (path / PREPROCESSING_FILE).is_file():
-        return _onnx_predictor(path)
+        return _onnx_predictor(path, where)
     if (path / layout.FINETUNED_META).is_file() or (path / layout.PROBE_META).is_file():
-        return _torch_predictor(path)
+        return _torch_predictor(path, where)
     raise TransferlabError(f"{path}: neither a run with a model (probe.json) nor an ONNX export (preprocessing.json)")
 
 
@@ -97,15 +102,17 @@ class Predictions:
 
 
 def predict_paths(
-    predictor: Predictor, paths: Sequence[str | Path], *, batch_size: int = 32, workers: int = 0
+    predictor: Predictor, paths: Sequence[str | Path], *, batch_size: int | None = None, workers: int = 0
 ) -> Predictions:
-    """Score every decodable image; undecodable ones are skipped with the loader's reason."""
+    """Score every decodable image; undecodable ones are skipped with the loader's reason (``batch_size`` None:
+    the predictor's device default)."""
     files = [Path(p) for p in paths]
     loader = DataLoader(
         ImageFiles(files, make_transform(predictor.preprocessing)),
-        batch_size=batch_size,
+        batch_size=batch_size or devices.default_batch_size(predictor.device),
         num_workers=workers,
         collate_fn=collate_images,
+        **devices.loader_options(predictor.device),
     )
     kept: list[int] = []
     parts: list[np.ndarray] = []

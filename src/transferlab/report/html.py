@@ -154,6 +154,15 @@ def _ranking_row(run: RunFiles) -> dict[str, Any]:
     return {}
 
 
+def _device(facts: dict[str, Any] | None) -> str | None:
+    """'cuda:0 (NVIDIA H200, 139.8 GB, bf16)' or 'cpu (x86_64, 2 cores, bf16)' from record.json's device facts."""
+    if not facts:
+        return None
+    details = [facts.get("name"), facts.get("memory_gb") and f"{facts['memory_gb']} GB"]
+    details += [facts.get("cores") and f"{facts['cores']} cores", facts.get("precision")]
+    return f"{facts.get('device', '?')} ({', '.join(str(d) for d in details if d)})"
+
+
 def _cost(run: RunFiles) -> list[tuple[str, str]]:
     """(label, value) rows; rows whose number is unknown are left out."""
     backbone = run.record.get("backbone") or {}
@@ -167,6 +176,7 @@ def _cost(run: RunFiles) -> list[tuple[str, str]]:
         ("best head on disk", best.get("head_mb"), "{:.2f} MB"),
         ("fine-tuned model on disk", _file_mb(run.path / layout.FINETUNED_WEIGHTS), "{:.1f} MB"),
         ("GFLOPs per image", _ranking_row(run).get("gflops"), "{:.3f}"),
+        ("device (feature precision)", _device(run.record.get("device")), "{}"),
         ("feature extraction", extraction.get("images_per_second"), "{:.1f} images/s"),
         ("features computed in", extraction.get("precision"), "{}"),
         ("seconds per epoch", _seconds_per_epoch(run), "{:.2f} s"),

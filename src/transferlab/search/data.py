@@ -69,6 +69,17 @@ class HeadData:
         return cls.from_arrays(prepared.features(cut_point), prepared.targets(), prepared.dataset.classes)
 
     @property
+    def device(self) -> torch.device:
+        return self.pooled["train"].device
+
+    def to(self, device: torch.device) -> HeadData:
+        """The same data with its tensors on ``device``, copied once (trials then index them there, no per-batch
+        host copies)."""
+        pooled = {split: x.to(device) for split, x in self.pooled.items()}
+        maps = None if self.maps is None else {split: x.to(device) for split, x in self.maps.items()}
+        return HeadData(pooled, self.y, self.classes, self.multilabel, maps, self.pooled_stats)
+
+    @property
     def in_channels(self) -> int:
         return int(self.pooled["train"].shape[1])
 

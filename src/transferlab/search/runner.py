@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ from transferlab.record import layout
 from transferlab.search.data import HeadData
 from transferlab.search.ensemble import ENSEMBLE_SIZE, HeadEnsemble, head_scores, split_metrics, top_trials
 from transferlab.search.parallel import local_workers
+from transferlab.search.placement import place_trials
 from transferlab.search.space import decode
 from transferlab.search.study import (
     DIRECTION,
@@ -178,8 +179,10 @@ def search_heads(
         prepared, trials=trials, storage=storage, study_name=study_name, seed=seed, maps=maps
     )
     started = time.perf_counter()
+    trial_data, placement = place_trials(data, prepared.device)
+    # forked local workers train on the CPU (a forked process must not touch the parent's CUDA context)
     with local_workers(jobs - 1, study_name, storage, data, seed=seed, maps=maps, timeout=timeout):
-        run_queued_trials(study, backend, data, seed=seed, maps=maps, timeout=timeout)
+        run_queued_trials(study, backend, trial_data, seed=seed, maps=maps, timeout=timeout)
     search_seconds = time.perf_counter() - started
     running = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)))
     if running:
@@ -211,6 +214,7 @@ def search_heads(
         "metric": data.metric,
         "n_trials": len(study.get_trials(deepcopy=False, states=FINISHED)),
         "jobs": jobs,
+        "trial_device": placement,
         "search_seconds": search_seconds,
         "refit_seconds": time.perf_counter() - started - search_seconds,
         "best": {
@@ -314,12 +318,17 @@ def fraction_curve(
     return {"metric": data.metric, "rows": rows}
 
 
-def run_worker(study_name: str, storage: str) -> int:
-    """Join an existing study: rebuild the data from the feature cache and drain its queue; returns trials run."""
+def run_worker(study_name: str, storage: str, device: str | None = None) -> int:
+    """Join an existing study: rebuild the data from the feature cache and drain its queue; returns trials run.
+
+    ``device``: this worker's device (default: the one the study's creator asked for, resolved on this machine).
+    """
     study, backend = load_search_study(study_name, storage)
     config, cache_dir = worker_config(study)
+    if device is not None:
+        config = replace(config, device=device)
     prepared = prepare(config, cache_dir=cache_dir, progress=False)
     maps = bool(study.user_attrs.get("maps"))
-    data = load_head_data(prepared, maps)
+    data, _ = place_trials(load_head_data(prepared, maps), prepared.device)
     seed = int(study.user_attrs["seed"])
     return run_queued_trials(study, backend, data, seed=seed, maps=maps)

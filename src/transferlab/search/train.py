@@ -46,6 +46,7 @@ class TrainedHead:
 
 def score(y: np.ndarray, logits: torch.Tensor, multilabel: bool) -> float:
     """The search metric: accuracy (single-label) or macro average precision over labels present (multi-label)."""
+    logits = logits.float().cpu()
     if not multilabel:
         return float((logits.argmax(1).numpy() == y).mean())
     present = (y.sum(axis=0) > 0) & (y.sum(axis=0) < len(y))
@@ -91,7 +92,7 @@ def train_head(
     seed: int = 0,
     on_epoch: Callable[[dict[str, float]], None] | None = None,
 ) -> TrainedHead:
-    """Adam(W) on the training split, selected and early-stopped on validation.
+    """Adam(W) on the training split, selected and early-stopped on validation, on the device ``data`` is on.
 
     ``on_epoch`` receives each curve row; it may raise (e.g. ``optuna.TrialPruned``) to abandon the trial.
     """
@@ -109,12 +110,13 @@ def _train(
     start = time.perf_counter()
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
-    inputs = data.inputs(spec)
-    head = build_head(spec, data.in_channels, data.spatial, len(data.classes))
-    optimizer = torch.optim.AdamW(head.parameters(), lr=params.lr, weight_decay=params.weight_decay, fused=True)
+    inputs, device = data.inputs(spec), data.device
+    head = build_head(spec, data.in_channels, data.spatial, len(data.classes)).to(device)
+    fused = device.type in ("cpu", "cuda")  # (fused AdamW kernels exist there)
+    optimizer = torch.optim.AdamW(head.parameters(), lr=params.lr, weight_decay=params.weight_decay, fused=fused)
     loss_fn = _loss_fn(data.multilabel)
-    x_train, y_train = inputs["train"], _target(data.y["train"], data.multilabel)
-    x_val, y_val = inputs["val"], _target(data.y["val"], data.multilabel)
+    x_train, y_train = inputs["train"], _target(data.y["train"], data.multilabel).to(device)
+    x_val, y_val = inputs["val"], _target(data.y["val"], data.multilabel).to(device)
     batch = min(params.batch_size, len(x_train))
     result = TrainedHead(head)
     best_state: dict[str, Any] = copy.deepcopy(head.state_dict())
@@ -126,8 +128,9 @@ def _train(
         # drop a trailing batch of one sample: BatchNorm cannot normalize it
         for begin in range(0, len(order) - (1 if len(order) % batch == 1 else 0), batch):
             rows = order[begin : begin + batch]
-            logits = head(x_train[rows])
-            loss = loss_fn(logits, y_train[rows])
+            picked = rows.to(device, non_blocking=True)
+            logits = head(x_train[picked])
+            loss = loss_fn(logits, y_train[picked])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
