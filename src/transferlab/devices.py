@@ -156,4 +156,3 @@ def describe(device: torch.device) -> dict[str, Any]:
     else:
         facts |= {"name": platform.processor() or platform.machine(), "cores": os.cpu_count()}
     return facts
-
