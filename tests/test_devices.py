@@ -131,7 +131,10 @@ def test_out_of_memory_halves_the_batch_once_and_loses_nothing(
     assert max(sizes[3:]) == 2  # later batches go straight to the size that fitted
     said = [r.message for r in caplog.records if "out of memory" in r.message]
     assert said == ["out of memory on cpu with batches of 8: halving them until they fit"]
-    np.testing.assert_allclose(halved.load(digests, ["head"])["head"], reference.load(digests, ["head"])["head"])
+    # (fp32 convolutions may sum in another order at another batch size: equal to float rounding, not bit for bit)
+    np.testing.assert_allclose(
+        halved.load(digests, ["head"])["head"], reference.load(digests, ["head"])["head"], rtol=1e-4, atol=1e-7
+    )
 
     def no_memory(self: Backbone, images: torch.Tensor) -> dict[str, torch.Tensor]:
         raise RuntimeError("DefaultCPUAllocator: not enough memory: you tried to allocate ... out of memory")
