@@ -207,6 +207,14 @@ def test_finetune_writes_record_model_and_preview(prepared, tmp_path: Path) -> N
         np.testing.assert_allclose(loaded.module(images).numpy(), outcome.scores["val"], atol=1e-5)
 
 
+def test_a_time_limit_ends_training_before_an_epoch_that_would_not_fit(prepared, tmp_path: Path) -> None:
+    outcome = _run(prepared, tmp_path / "run", head_epochs=3, epochs=3, patience=10, time_limit=1e-3)
+    stages = json.loads((tmp_path / "run" / "finetune.json").read_text())["stages"]
+    assert [s["name"] for s in stages] == ["head"]  # the unfreezing stage is not started
+    assert stages[0]["stop_reason"] == "time limit" and len(stages[0]["history"]) == 1
+    assert outcome.metrics["val"]["accuracy"] == pytest.approx(stages[0]["best_val_metric"])
+
+
 def test_lr_sanity_check_restarts_the_stage_at_a_lower_lr(prepared, tmp_path: Path) -> None:
     outcome = _run(prepared, tmp_path / "run", lr=1e3, lp_init=False, head_epochs=1, unfreeze="none", max_restarts=2)
     restarts = json.loads((tmp_path / "run" / "finetune.json").read_text())["stages"][0]["restarts"]

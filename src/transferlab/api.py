@@ -67,6 +67,8 @@ class ImageClassifier(BaseEstimator):
         search_ensemble: int = 5,
         fractions: list[float] | None = None,
         finetune: dict[str, Any] | None = None,
+        time_limit: float | str | None = None,
+        preset: str | None = None,
         runs_dir: str | Path = "runs",
         name: str | None = None,
         cache_dir: str | Path | None = None,

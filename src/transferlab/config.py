@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from transferlab import devices
+from transferlab import budget, devices
 from transferlab.backbones.model import HEAD
 from transferlab.backbones.registry import DEFAULT_BACKBONE
 from transferlab.errors import require, unknown_fields
@@ -31,7 +31,9 @@ class RunConfig:
         ``head`` cut point the probe also tries the pre-logits joined with the last two stages' pooled features and
         keeps whichever cross-validates better. ``device``: where networks run (``transferlab.devices``; ``auto`` is
     resolved when the run starts, so a saved config reruns on whatever the next machine has); ``batch_size`` None: the
-    device's default. Bad values raise a one-line :class:`TransferlabError`.
+    device's default. ``time_limit`` (seconds, or ``"10m"``) / ``preset``: plan the run to a budget
+    (``transferlab.plan``): the planner chooses backbones, search and fine-tuning that fit, explicit stage options
+    win. Bad values raise a one-line :class:`TransferlabError`.
     """
 
     data: str
@@ -59,6 +61,8 @@ class RunConfig:
     search_ensemble: int = 5
     fractions: list[float] | None = None
     finetune: dict[str, Any] | None = None
+    time_limit: float | None = None
+    preset: str | None = None
 
     def __post_init__(self) -> None:
         self.data = str(self.data)
@@ -80,6 +84,10 @@ class RunConfig:
         require(self.search_timeout is None or self.search_timeout > 0, "--timeout must be positive")
         require(self.search_jobs >= 1, f"--jobs must be >= 1, got {self.search_jobs}")
         require(self.search_ensemble >= 1, f"--ensemble must be >= 1, got {self.search_ensemble}")
+        if self.time_limit is not None:
+            self.time_limit = budget.parse_duration(self.time_limit)
+        if self.preset is not None:
+            budget.preset_named(self.preset)
         for fraction in self.fractions or []:
             require(0 < fraction <= 1, f"--fractions must be in (0, 1], got {fraction}")
 

@@ -16,10 +16,13 @@ import numpy as np
 
 from transferlab.advice import Advice, advise
 from transferlab.backbones.cut import HEAD, deep_join
+from transferlab.budget import Clock, format_duration
 from transferlab.config import RunConfig
 from transferlab.data import Problem
 from transferlab.finetune.stage import finetune_options, finetune_stage
 from transferlab.metrics import headline, shown
+from transferlab.plan import Plan, make_plan, planned_config
+from transferlab.plan.planner import FINISH_SECONDS, budget_of
 from transferlab.prepare import PreparedData, prepare
 from transferlab.probe import fit_probe
 from transferlab.probe.linear import ProbeResult
@@ -84,14 +87,18 @@ def run(
     """[rank] → prepare → probe → [head search] → [fine-tune] → record, advice and report in ``runs_dir/<name>/``.
 
     ``config`` says what to compute (a data path alone means every default); the keywords only say where files
-    go and what is shown, and never change a result.
+    go and what is shown, and never change a result. With ``config.time_limit`` or ``config.preset`` the stages
+    are planned to the budget first (:mod:`transferlab.plan`) and each is granted the time left.
     """
     config = config if isinstance(config, RunConfig) else RunConfig(str(config))
     started = time.perf_counter()
+    budget = _Budget.start(config, cache_dir, progress)
+    if budget is not None:
+        config = planned_config(config, budget.plan)
     config, ranking = _rank(config, cache_dir, progress)
-    prepared = prepare(config, cache_dir=cache_dir, progress=progress)
     run_dir = RunDir(Path(runs_dir), name or default_run_name(Path(config.data)))
-    probe, rows, candidates = _probe_stage(prepared, run_dir)
+    prepared, probe, rows, candidates = _probe_backbones(config, budget, run_dir, cache_dir, progress)
+    config = prepared.config
     facts = prepared.write_record(run_dir, probe=_probe_facts(probe, candidates))
     if ranking is not None:
         from transferlab.rank.ranking import write_ranking
@@ -99,15 +106,22 @@ def run(
         write_ranking(run_dir, ranking)
     stage_metrics = {"probe": probe.metrics.get("test", {})}
     searched = None
-    if config.trials:
-        searched, _ = search_stage(prepared, run_dir.path, config, probe)
+    if config.trials and (budget is None or budget.begin("head search", run_dir, probe)):
+        timeout = config.search_timeout if budget is None else budget.granted
+        searched, _ = search_stage(prepared, run_dir.path, replace(config, search_timeout=timeout), probe)
         stage_metrics["head search"] = searched.test_metrics
+        if budget is not None:
+            budget.end("head search", run_dir, f"{searched.record.get('n_trials', '?')} trials")
     tuned_val = None
-    if config.finetune is not None:
+    if config.finetune is not None and (budget is None or budget.begin("fine-tune", run_dir, probe)):
         options = finetune_options(config, searched, probe)
+        if budget is not None:
+            options.time_limit = budget.granted
         stage_metrics["fine-tune"], tuned_rows, tuned_val = finetune_stage(
             prepared, run_dir.path, options, probe, searched
         )
+        if budget is not None:
+            budget.end("fine-tune", run_dir)
     deployed = _deploy(probe, tuned_val, searched is not None)
     run_dir.write_json(layout.DEPLOYED, deployed)
     if deployed["stage"] == "fine-tuning":
@@ -126,9 +140,110 @@ def run(
     )
     result.stage_test_metrics = {stage: values for stage, values in stage_metrics.items() if values}
     result.deployed = deployed
+    if budget is not None:
+        budget.close(run_dir)
     result.advice = advise(run_dir.path)
     write_report(run_dir.path, result.advice)
     return result
+
+
+@dataclass
+class _Budget:
+    """A planned run's plan and clock; each optional stage asks :meth:`begin` for its grant (``granted``)."""
+
+    plan: Plan
+    clock: Clock
+    progress: bool
+    granted: float | None = None
+    begun: float = 0.0
+
+    @classmethod
+    def start(cls, config: RunConfig, cache_dir: str | Path | None, progress: bool) -> _Budget | None:
+        if config.time_limit is None and config.preset is None:
+            return None
+        clock = Clock(budget_of(config)[0])
+        plan = make_plan(config, clock, cache_dir)
+        log.info(plan.table())
+        return cls(plan, clock, progress)
+
+    def say(self, stage: str, best: ProbeResult | None) -> None:
+        """The whole run's progress line: stage, elapsed / limit, time left, best validation score so far."""
+        if not self.progress:
+            return
+        score = ""
+        if best is not None:
+            metric, value = headline(best.metrics.get("val") or {"accuracy": None})
+            score = f"; best so far: val {metric} {shown(value)} (probe of {best.backbone})"
+        elapsed = format_duration(self.clock.elapsed())
+        log.info(
+            f"[{elapsed} of {format_duration(self.clock.limit)}] {stage}, "
+            f"{format_duration(self.clock.remaining())} left{score}"
+        )
+
+    def begin(self, stage: str, run_dir: RunDir | None, best: ProbeResult | None) -> bool:
+        """Whether ``stage`` still fits; if so its grant in seconds is ``granted`` and the clock for it starts."""
+        if any(s.stage == stage for s in self.plan.steps):
+            self.granted = self.plan.allow(stage, self.clock)
+        else:
+            left = self.clock.remaining() - FINISH_SECONDS
+            self.granted = left if left > 0 else None
+        if run_dir is not None:
+            run_dir.write_json(layout.PLAN, self.record())
+        if self.granted is None:
+            return False
+        self.say(stage, best)
+        self.begun = time.perf_counter()
+        return True
+
+    def end(self, stage: str, run_dir: RunDir | None, note: str = "") -> None:
+        if any(s.stage == stage for s in self.plan.steps):
+            self.plan.finished(stage, time.perf_counter() - self.begun, note)
+        if run_dir is not None:
+            run_dir.write_json(layout.PLAN, self.record())
+
+    def record(self) -> dict[str, Any]:
+        return {**self.plan.to_json(), "elapsed_seconds": self.clock.elapsed()}
+
+    def close(self, run_dir: RunDir) -> None:
+        run_dir.write_json(layout.PLAN, self.record())
+        over = self.clock.elapsed() - self.clock.limit
+        verdict = f"{format_duration(over)} over" if over > 0 else f"{format_duration(-over)} to spare"
+        log.info(
+            f"plan: finished in {format_duration(self.clock.elapsed())} of {format_duration(self.clock.limit)} "
+            f"({verdict})"
+        )
+
+
+def _probe_backbones(
+    config: RunConfig, budget: _Budget | None, run_dir: RunDir, cache_dir: str | Path | None, progress: bool
+) -> tuple[PreparedData, ProbeResult, list[list[str]], dict[str, float | None]]:
+    """Prepare and probe ``config.backbone`` or, in a planned run, each planned backbone that still fits; keep the
+    one whose probe cross-validates best (the first on a tie). Every new best is written at once, so an
+    interrupted run already holds a usable model."""
+    names = budget.plan.backbones if budget is not None else [config.backbone]
+    best: tuple[PreparedData, ProbeResult, list[list[str]], dict[str, float | None]] | None = None
+    for backbone in names:
+        stage = f"probe {backbone}"
+        if budget is not None and best is not None and not budget.begin(stage, run_dir, best[1]):
+            continue
+        if budget is not None and best is None:
+            budget.say(stage, None)
+            budget.begun = time.perf_counter()
+        weights = budget.plan.costs[backbone].weights if budget is not None else config.weights
+        prepared = prepare(replace(config, backbone=backbone, weights=weights), cache_dir=cache_dir, progress=progress)
+        probe, candidates = _fit_probes(prepared)
+        probe.backbone = backbone
+        kept = best is None or _cv(probe) > _cv(best[1])
+        if kept:
+            best = (prepared, probe, _write_probe(prepared, probe, run_dir), candidates)
+        if budget is not None:
+            budget.end(stage, run_dir, f"CV log-likelihood {shown(probe.cv_score)}" + ("; kept" if kept else ""))
+    assert best is not None  # (the first backbone is always probed)
+    return best
+
+
+def _cv(probe: ProbeResult) -> float:
+    return -np.inf if probe.cv_score is None else probe.cv_score
 
 
 def _rank(config: RunConfig, cache_dir: str | Path | None, progress: bool) -> tuple[RunConfig, Ranking | None]:
@@ -190,12 +305,9 @@ def _probe_candidates(prepared: PreparedData) -> list[str]:
     return [HEAD, deep_join(prepared.backbone.model)]
 
 
-def _probe_stage(
-    prepared: PreparedData, run_dir: RunDir
-) -> tuple[ProbeResult, list[list[str]], dict[str, float | None]]:
+def _fit_probes(prepared: PreparedData) -> tuple[ProbeResult, dict[str, float | None]]:
     """Fit the cross-validated probe on each candidate input and keep the one that cross-validates best (the
-    first on a tie or without CV); write metrics.json and probe.*; return it, its prediction rows and the CV
-    score of every candidate."""
+    first on a tie or without CV); return it and the CV score of every candidate."""
     targets, dataset, seed = prepared.targets(), prepared.dataset, prepared.config.seed
     fits = {}
     for cut_point in _probe_candidates(prepared):
@@ -204,10 +316,16 @@ def _probe_stage(
         )
         fits[cut_point].cut_point = cut_point
     candidates = {cut_point: probe.cv_score for cut_point, probe in fits.items()}
-    probe = max(fits.values(), key=lambda p: -np.inf if p.cv_score is None else p.cv_score)
+    probe = max(fits.values(), key=_cv)
     if len(fits) > 1:
         scores = ", ".join(f"{c} {shown(v)}" for c, v in candidates.items())
         log.info(f"probe inputs by cross-validated log-likelihood: {scores}; kept {probe.cut_point}")
+    return probe, candidates
+
+
+def _write_probe(prepared: PreparedData, probe: ProbeResult, run_dir: RunDir) -> list[list[str]]:
+    """Write metrics.json and probe.*; return the probe's prediction rows."""
+    targets, dataset = prepared.targets(), prepared.dataset
     features = prepared.features(probe.cut_point)
     run_dir.write_json(layout.METRICS, probe.metrics)
     save_probe(run_dir.path, probe, dataset.classes, probe.cut_point, prepared.backbone.identity(), dataset.multilabel)
@@ -217,4 +335,4 @@ def _probe_stage(
             paths = [dataset.paths[i] for i in prepared.split.indices(split_name)]
             scores = probe.val_scores if split_name == "val" else probe.predict_scores(features[split_name])
             rows += prediction_rows(split_name, paths, targets[split_name], scores, dataset.classes, probe.thresholds)
-    return probe, rows, candidates
+    return rows

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from transferlab.budget import PRESETS
 from transferlab.commands.finetune import add_finetune_options, finetune_options
 from transferlab.commands.options import add_run_options, add_search_options, output_kwargs, run_config
 from transferlab.errors import TransferlabError
@@ -20,6 +21,17 @@ def register(commands: argparse._SubParsersAction) -> None:
         "metrics, timings, every stage's record, advice and report.html.",
     )
     add_run_options(run)
+    planning = run.add_argument_group("time budget (the planner chooses the stages that fit; explicit flags win)")
+    planning.add_argument(
+        "--time-limit",
+        help="plan the run to this budget (90s, 10m, 2h): measures this machine, prints the plan with per-stage "
+        "estimates, keeps to it and records plan vs actual",
+    )
+    planning.add_argument(
+        "--preset",
+        choices=list(PRESETS),
+        help="; ".join(f"{p.name}: {p.description}" for p in PRESETS.values()),
+    )
     stages = run.add_argument_group("optional stages")
     stages.add_argument(
         "--backbones",
@@ -56,6 +68,8 @@ def stage_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         "search_ensemble": args.ensemble,
         "fractions": parse_fractions(args.fractions) if args.fractions else None,
         "finetune": finetune_options(args).result_affecting() if args.finetune else None,
+        "time_limit": args.time_limit,
+        "preset": args.preset,
     }
 
 

@@ -162,6 +162,31 @@ class EarlyStopping(Callback):
         run.record["best_epoch"], run.record["best_val_metric"] = self.best_epoch, self.best_metric
 
 
+class Deadline(Callback):
+    """Ends training before an epoch that would not finish within ``seconds`` (the planner's grant): the stage stops
+    with reason "time limit" (its best epoch kept by :class:`EarlyStopping`) and later stages do not start.
+
+    The next epoch is assumed to take as long as the last one; every rank decides on rank-summed flags, so DDP
+    processes stop together.
+    """
+
+    def __init__(self, seconds: float | None, distributed: Distributed) -> None:
+        self.end = None if seconds is None else time.monotonic() + seconds
+        self.distributed = distributed
+        self.last_epoch = 0.0
+
+    def out_of_time(self) -> bool:
+        if self.end is None:
+            return False
+        late = time.monotonic() + self.last_epoch > self.end
+        return self.distributed.sum(float(late))[0] > 0
+
+    def on_epoch_end(self, run: StageRun, entry: dict[str, Any]) -> None:
+        self.last_epoch = entry["seconds"]
+        if run.stop is None and run.epoch < run.plan.epochs and self.out_of_time():
+            run.stop = "time limit"
+
+
 def sanity_limit(n_outputs: int, multilabel: bool) -> float:
     """Largest acceptable first-epoch loss: 1.5 × the loss of a uniform guess (log C, or log 2 per label)."""
     return SANITY_FACTOR * math.log(2 if multilabel else max(2, n_outputs))
@@ -207,7 +232,8 @@ class Trainer:
         tracker = EarlyStopping(options.patience)
         self.checkpointer = Checkpointer(checkpoint, fingerprint, tracker, self.distributed.is_main)
         self.progress = Progress(self.distributed.is_main, on_epoch)
-        self.callbacks = [tracker, self.checkpointer, self.progress]
+        self.deadline = Deadline(options.time_limit, self.distributed)
+        self.callbacks = [tracker, self.deadline, self.checkpointer, self.progress]
 
     def scores(self, loader: DataLoader) -> tuple[float, np.ndarray, np.ndarray]:
         """(mean loss, probabilities, targets) of the network in inference mode over ``loader``."""
@@ -316,6 +342,9 @@ class Trainer:
                 set_rng_state(tensors, meta["rng"])
                 first, epoch, resume = first + 1, 1, None
         for index in range(first, len(plans)):
+            if index > first and self.deadline.out_of_time():
+                self.progress.say(f"time limit: {plans[index].name} and later stages are not started")
+                break
             self._stage(StageRun(index, plans[index], self.net, records, resume, epoch=epoch))
             epoch, resume = 1, None
         return records

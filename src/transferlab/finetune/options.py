@@ -10,7 +10,8 @@ from transferlab.heads import HeadSpec
 
 @dataclass
 class FinetuneOptions:
-    """Everything that changes a fine-tuning result (``resume`` and ``workers`` only change how it is computed)."""
+    """Everything that changes a fine-tuning result (``resume`` and ``workers`` only change how it is computed;
+    ``time_limit``, seconds of training the run's planner grants, stops it early and is recorded per stage)."""
 
     unfreeze: str = "top:3"
     stages: int = 1
@@ -34,8 +35,9 @@ class FinetuneOptions:
     seed: int = 0
     workers: int = 0
     resume: bool = False
+    time_limit: float | None = None
 
     def result_affecting(self) -> dict[str, Any]:
         values = asdict(self)
         values["head_spec"] = None if self.head_spec is None else self.head_spec.to_dict()
-        return {k: v for k, v in values.items() if k not in ("resume", "workers")}
+        return {k: v for k, v in values.items() if k not in ("resume", "workers", "time_limit")}

@@ -62,6 +62,7 @@ class ProbeResult:
     val_scores: np.ndarray | None = None
     cv_score: float | None = None  # mean cross-validated log-likelihood per image at the chosen C (None: no CV)
     cut_point: str | None = None  # set by the caller that chose the features
+    backbone: str | None = None  # set by the caller that compared backbones
 
     def predict_scores(self, features: np.ndarray) -> np.ndarray:
         """The deployed probe's class probabilities (absent-from-train classes at 0), or per-label sigmoid scores."""

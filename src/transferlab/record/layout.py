@@ -15,6 +15,7 @@ PROBLEMS = "problems.txt"  # skipped inputs, one per line, with the reason
 PREDICTIONS = "predictions.csv"  # the final model's validation and test predictions
 PROBE_WEIGHTS = "probe.safetensors"
 PROBE_META = "probe.json"
+PLAN = "plan.json"  # --time-limit: the stages chosen, their estimates and actual times
 RANKING = "ranking.json"
 SEARCH = "search.json"
 STUDY = "study.db"  # the default (SQLite) Optuna storage of the head search

@@ -48,6 +48,7 @@ class RunFiles:
     record: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     timings: dict[str, Any] = field(default_factory=dict)
+    plan: dict[str, Any] | None = None
     ranking: dict[str, Any] | None = None
     search: dict[str, Any] | None = None
     fractions: dict[str, Any] | None = None
@@ -131,6 +132,7 @@ def load_run(run_path: str | Path) -> RunFiles:
         record=_json(path / layout.RECORD) or {},
         metrics=_json(path / layout.METRICS) or {},
         timings=_json(path / layout.TIMINGS) or {},
+        plan=_json(path / layout.PLAN),
         ranking=_json(path / layout.RANKING),
         search=_json(path / layout.SEARCH),
         fractions=_json(path / layout.FRACTIONS),

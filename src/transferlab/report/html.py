@@ -204,6 +204,22 @@ def _probe_inputs(run: RunFiles) -> str | None:
     return f"{probe.get('cut_point')} (cross-validated log-likelihood per image: {scores})"
 
 
+def _plan(run: RunFiles) -> dict[str, Any] | None:
+    """The planned run's stages, estimate vs actual seconds (``plan.json``), and how the limit was kept."""
+    plan = run.plan
+    if not plan or not plan.get("steps"):
+        return None
+    limit, elapsed = plan["limit_seconds"], plan.get("elapsed_seconds")
+    kept = None if elapsed is None else f"{elapsed:.0f} s of {limit:.0f} s"
+    return {
+        "limit": limit,
+        "preset": plan.get("preset"),
+        "device": plan.get("device"),
+        "kept": kept,
+        "steps": plan["steps"],
+    }
+
+
 def report_context(run: RunFiles, advice: list[Advice]) -> dict[str, Any]:
     """Everything the template shows; ``None`` or empty values make their section disappear."""
     stage, final = run.final_metrics()
@@ -237,6 +253,7 @@ def report_context(run: RunFiles, advice: list[Advice]) -> dict[str, Any]:
         "curves": _curves(run),
         "worst": _worst_errors(run),
         "augmentation": data_uri(augmentation.read_bytes()) if augmentation.is_file() else None,
+        "plan": _plan(run),
         "ranking": run.ranking if run.ranking and run.ranking.get("rows") else None,
         "trials": _trials(run),
         "fractions": run.fractions if run.fractions and run.fractions.get("rows") else None,

@@ -57,6 +57,8 @@ STAGE_FIELDS = (
     "finetune",
     "backbones",
     "workers",
+    "time_limit",
+    "preset",
 )
 
 
