@@ -138,3 +138,24 @@ def test_an_interrupted_planned_run_continues_from_the_cache(
     assert result.extraction["computed"] == 0 and held_out["computed"] == 0 and result.extraction["cached"] > 0
     plan = json.loads((result.run_dir / layout.PLAN).read_text())
     assert plan["costs"][result.config.backbone]["cached"] == 36
+
+
+def test_extraction_past_its_deadline_stops_and_keeps_what_it_cached(tmp_path: Path, tiny_weights: Path) -> None:
+    from conftest import TINY_BACKBONE, make_class_folder
+
+    from transferlab.backbones.model import load_backbone
+    from transferlab.errors import OutOfTime
+    from transferlab.features.cache import content_hash
+    from transferlab.features.extract import FP32, extract_features, feature_cache
+
+    paths = sorted(make_class_folder(tmp_path / "data", per_class=6).rglob("*.png"))
+    digests = [content_hash(p) for p in paths]
+    backbone = load_backbone(TINY_BACKBONE, tiny_weights, image_size=32)
+    cache = feature_cache(backbone, tmp_path / "cache", FP32)
+    options = {"precision": FP32, "batch_size": 4, "workers": 0, "progress": False}
+    with pytest.raises(OutOfTime, match="out of time after 4 of 18 images"):
+        extract_features(backbone, paths, digests, cache, **options, deadline=time.monotonic() - 1)
+    cache.refresh()
+    assert len(digests) - len(cache.missing(digests)) == 4  # the finished batch is cached
+    report = extract_features(backbone, paths, digests, cache, **options)
+    assert report.cached == 4 and report.computed == 14

@@ -12,6 +12,10 @@ class TransferlabError(Exception):
     """A problem with the user's input or options (bad data folder, unknown backbone, missing weights...)."""
 
 
+class OutOfTime(TransferlabError):
+    """A time-boxed step passed its deadline; what it finished (cached features, written files) is kept."""
+
+
 def require(condition: bool, message: str) -> None:
     """Raise :class:`TransferlabError` with ``message`` unless ``condition`` holds: one line per bad value."""
     if not condition:

@@ -19,6 +19,7 @@ from transferlab.backbones.cut import HEAD, deep_join
 from transferlab.budget import Clock, format_duration
 from transferlab.config import RunConfig
 from transferlab.data import Problem
+from transferlab.errors import OutOfTime
 from transferlab.finetune.stage import finetune_options, finetune_stage
 from transferlab.metrics import headline, shown
 from transferlab.plan import Plan, make_plan, planned_config
@@ -195,9 +196,9 @@ class _Budget:
         self.begun = time.perf_counter()
         return True
 
-    def end(self, stage: str, run_dir: RunDir | None, note: str = "") -> None:
+    def end(self, stage: str, run_dir: RunDir | None, note: str = "", status: str = "done") -> None:
         if any(s.stage == stage for s in self.plan.steps):
-            self.plan.finished(stage, time.perf_counter() - self.begun, note)
+            self.plan.finished(stage, time.perf_counter() - self.begun, note, status)
         if run_dir is not None:
             run_dir.write_json(layout.PLAN, self.record())
 
@@ -224,13 +225,25 @@ def _probe_backbones(
     best: tuple[PreparedData, ProbeResult, list[list[str]], dict[str, float | None]] | None = None
     for backbone in names:
         stage = f"probe {backbone}"
-        if budget is not None and best is not None and not budget.begin(stage, run_dir, best[1]):
-            continue
-        if budget is not None and best is None:
+        deadline = None
+        if budget is not None and best is not None:
+            if not budget.begin(stage, run_dir, best[1]):
+                continue
+            deadline = time.monotonic() + budget.granted
+        elif budget is not None:
             budget.say(stage, None)
             budget.begun = time.perf_counter()
         weights = budget.plan.costs[backbone].weights if budget is not None else config.weights
-        prepared = prepare(replace(config, backbone=backbone, weights=weights), cache_dir=cache_dir, progress=progress)
+        try:
+            prepared = prepare(
+                replace(config, backbone=backbone, weights=weights),
+                cache_dir=cache_dir,
+                progress=progress,
+                deadline=deadline,
+            )
+        except OutOfTime as stopped:
+            budget.end(stage, run_dir, f"{stopped}; its cached features are kept for a rerun", status="stopped")
+            continue
         probe, candidates = _fit_probes(prepared)
         probe.backbone = backbone
         kept = best is None or _cv(probe) > _cv(best[1])

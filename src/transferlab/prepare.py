@@ -175,8 +175,11 @@ class PreparedData:
         return {s: matrix[self.split.indices(s)] for s in SPLITS}
 
 
-def _extraction_options(config: RunConfig, device: torch.device, progress: bool) -> dict[str, Any]:
-    return {"device": device, "batch_size": config.batch_size, "workers": config.workers, "progress": progress}
+def _extraction_options(
+    config: RunConfig, device: torch.device, progress: bool, deadline: float | None = None
+) -> dict[str, Any]:
+    options = {"device": device, "batch_size": config.batch_size, "workers": config.workers, "progress": progress}
+    return options | ({} if deadline is None else {"deadline": deadline})
 
 
 def prepare(
@@ -184,8 +187,11 @@ def prepare(
     *,
     cache_dir: str | Path | None = None,
     progress: bool = True,
+    deadline: float | None = None,
 ) -> PreparedData:
-    """Index the data, load the backbone, extract (or reuse) features and split; skipped inputs are logged."""
+    """Index the data, load the backbone, extract (or reuse) features and split; skipped inputs are logged.
+
+    ``deadline`` (``time.monotonic``): a planned run's time box; extraction past it raises ``OutOfTime``."""
     device = devices.resolve_device(config.device)  # an absent device fails here, before any work
     dataset = load_dataset(config.data, label_sep=config.label_sep, group_column=config.groups)
     backbone = load_backbone(
@@ -225,7 +231,7 @@ def prepare(
         "val_fraction": config.val_fraction,
         "test_fraction": config.test_fraction,
     }
-    options = _extraction_options(config, device, progress)
+    options = _extraction_options(config, device, progress, deadline)
     open_cache = lambda chosen: feature_cache(backbone, root, chosen)  # noqa: E731
     # One pass per image at the precision it is used at: the split is planned on the readable images first, so
     # validation and test images (scored in fp32, as deployment runs) are not also extracted in bf16.

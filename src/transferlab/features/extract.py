@@ -29,7 +29,7 @@ from tqdm import tqdm
 from transferlab import devices
 from transferlab.backbones.model import Backbone
 from transferlab.data.images import ImageLoadError, load_image
-from transferlab.errors import TransferlabError
+from transferlab.errors import OutOfTime, TransferlabError
 from transferlab.features.cache import FeatureCache
 from transferlab.fileio import read_json, write_json
 
@@ -242,11 +242,13 @@ def extract_features(
     batch_size: int | None = None,
     workers: int | None = None,
     progress: bool = True,
+    deadline: float | None = None,
 ) -> ExtractionReport:
     """Compute and cache features for every image whose content hash is not cached yet.
 
     ``precision`` (from :func:`decide_precision`) must be the one ``cache`` is keyed by; ``batch_size`` and
-    ``workers`` default to what suits ``device`` (``transferlab.devices``).
+    ``workers`` default to what suits ``device`` (``transferlab.devices``). Past ``deadline`` (``time.monotonic``)
+    it stops with :class:`OutOfTime` after caching what it computed, so a rerun continues from there.
     """
     batch_size = batch_size or devices.default_batch_size(device)
     report = ExtractionReport(
@@ -286,6 +288,9 @@ def extract_features(
             if len(pending_digests) >= per_shard:
                 _flush(cache, pending_digests, pending)
             bar.update(len(local_indices) + len(failed))
+            if deadline is not None and time.monotonic() > deadline:
+                _flush(cache, pending_digests, pending)
+                raise OutOfTime(f"{backbone.name}: out of time after {report.computed} of {len(todo)} images")
     _flush(cache, pending_digests, pending)
     model.to(memory_format=torch.contiguous_format)
     report.batch_size = forward.limit

@@ -44,7 +44,7 @@ class Step:
     stage: str
     estimate: float
     actual: float | None = None
-    status: str = "planned"  # planned | done | skipped
+    status: str = "planned"  # planned | done | skipped | stopped
     note: str = ""
 
 
@@ -126,9 +126,10 @@ class Plan:
             return left * (1 - SEARCH_REFIT_SHARE)
         return left
 
-    def finished(self, stage: str, seconds: float, note: str = "") -> None:
+    def finished(self, stage: str, seconds: float, note: str = "", status: str = "done") -> None:
+        """Record a stage's actual time; ``status`` "stopped": it ran out of its time before finishing."""
         step = self.step(stage)
-        step.actual, step.status, step.note = seconds, "done", note or step.note
+        step.actual, step.status, step.note = seconds, status, note or step.note
 
     # -- display and record ----------------------------------------------------------------------------------------
     def table(self) -> str:
