@@ -27,6 +27,7 @@ import quality
 
 from transferlab import RunConfig, run
 from transferlab.budget import parse_duration
+from transferlab.errors import TransferlabError
 from transferlab.record import layout
 
 MARGIN = 0.10  # the promise: within the limit + 10% (or 30 s, whichever is larger)
@@ -82,8 +83,13 @@ def main() -> None:
         train_path, test_path = suite.train_test(args.suite / info.name, info.task)
         test = quality.read_split(test_path, quality.read_split(train_path).classes)
         for limit in budgets:
-            out = planned_run(train_path, test_path, test, limit, args.seed)
             label = "default (no limit)" if limit is None else f"{limit / 60:g} min"
+            try:
+                out = planned_run(train_path, test_path, test, limit, args.seed)
+            except TransferlabError as error:  # a budget too small for the first probe: say so, keep going
+                print(f"  {info.name} {label}: {error}", flush=True)
+                rows.append([info.name, label, "–", "refused", str(error)[:60], "", "", "–"])
+                continue
             print(f"  {info.name} {label}: {out['metric']:.4f} in {out['seconds']:.0f} s ({out['ran']})", flush=True)
             by_budget[limit].append(out)
             rows.append(
@@ -99,6 +105,8 @@ def main() -> None:
                 ]
             )
     for limit, outs in by_budget.items():
+        if not outs:
+            continue
         label = "default (no limit)" if limit is None else f"{limit / 60:g} min"
         rows.append(
             [

@@ -27,6 +27,7 @@ from transferlab.plan.costs import BackboneCost, measure_backbone
 
 log = logging.getLogger(__name__)
 
+MARGIN = 0.1  # the promise: the run ends within the limit plus 10% (or 30 s)
 FINISH_SECONDS = 5.0  # predictions, advice and the report after the last stage
 MIN_EPOCHS = 3  # fewer fine-tuning epochs than this rarely beat the probe they start from
 MAX_EPOCHS = 10
@@ -229,7 +230,7 @@ def make_plan(config: RunConfig, clock: Clock, cache_dir: str | Path | None = No
     names = list(costs)
     first = names[0]
     needed = plan.probe_estimate(first) + FINISH_SECONDS + clock.elapsed()
-    if needed > limit:
+    if needed > limit * (1 + MARGIN):  # (estimates are rough: refuse only what even the margin cannot hold)
         raise TransferlabError(
             f"--time-limit {format_duration(limit)} is too small here: the first model (features of "
             f"{costs[first].images - costs[first].cached} images with {first} on {plan.device}, then its probe) "
