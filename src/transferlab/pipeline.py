@@ -16,14 +16,12 @@ import numpy as np
 
 from transferlab.advice import Advice, advise
 from transferlab.backbones.cut import HEAD, deep_join
-from transferlab.budget import Clock, format_duration
 from transferlab.config import RunConfig
 from transferlab.data import Problem
 from transferlab.errors import OutOfTime
 from transferlab.finetune.stage import finetune_options, finetune_stage
 from transferlab.metrics import headline, shown
-from transferlab.plan import Plan, make_plan, planned_config
-from transferlab.plan.planner import FINISH_SECONDS, budget_of
+from transferlab.plan.keeper import Unplanned, timekeeper
 from transferlab.prepare import PreparedData, prepare
 from transferlab.probe import fit_probe
 from transferlab.probe.linear import ProbeResult
@@ -93,12 +91,11 @@ def run(
     """
     config = config if isinstance(config, RunConfig) else RunConfig(str(config))
     started = time.perf_counter()
-    budget = _Budget.start(config, cache_dir, progress)
-    if budget is not None:
-        config = planned_config(config, budget.plan)
+    keeper = timekeeper(config, cache_dir, progress)
+    config = keeper.configure(config)
     config, ranking = _rank(config, cache_dir, progress)
     run_dir = RunDir(Path(runs_dir), name or default_run_name(Path(config.data)))
-    prepared, probe, rows, candidates = _probe_backbones(config, budget, run_dir, cache_dir, progress)
+    prepared, probe, rows, candidates = _probe_backbones(config, keeper, run_dir, cache_dir, progress)
     config = prepared.config
     facts = prepared.write_record(run_dir, probe=_probe_facts(probe, candidates))
     if ranking is not None:
@@ -107,22 +104,19 @@ def run(
         write_ranking(run_dir, ranking)
     stage_metrics = {"probe": probe.metrics.get("test", {})}
     searched = None
-    if config.trials and (budget is None or budget.begin("head search", run_dir, probe)):
-        timeout = config.search_timeout if budget is None else budget.granted
+    if config.trials and keeper.begin("head search", run_dir, probe):
+        timeout = keeper.grant(config.search_timeout)
         searched, _ = search_stage(prepared, run_dir.path, replace(config, search_timeout=timeout), probe)
         stage_metrics["head search"] = searched.test_metrics
-        if budget is not None:
-            budget.end("head search", run_dir, f"{searched.record.get('n_trials', '?')} trials")
+        keeper.end("head search", run_dir, f"{searched.record.get('n_trials', '?')} trials")
     tuned_val = None
-    if config.finetune is not None and (budget is None or budget.begin("fine-tune", run_dir, probe)):
+    if config.finetune is not None and keeper.begin("fine-tune", run_dir, probe):
         options = finetune_options(config, searched, probe)
-        if budget is not None:
-            options.time_limit = budget.granted
+        options.time_limit = keeper.grant(None)
         stage_metrics["fine-tune"], tuned_rows, tuned_val = finetune_stage(
             prepared, run_dir.path, options, probe, searched
         )
-        if budget is not None:
-            budget.end("fine-tune", run_dir)
+        keeper.end("fine-tune", run_dir)
     deployed = _deploy(probe, tuned_val, searched is not None)
     run_dir.write_json(layout.DEPLOYED, deployed)
     if deployed["stage"] == "fine-tuning":
@@ -141,116 +135,39 @@ def run(
     )
     result.stage_test_metrics = {stage: values for stage, values in stage_metrics.items() if values}
     result.deployed = deployed
-    if budget is not None:
-        budget.close(run_dir)
+    keeper.close(run_dir)
     result.advice = advise(run_dir.path)
     write_report(run_dir.path, result.advice)
     return result
 
 
-@dataclass
-class _Budget:
-    """A planned run's plan and clock; each optional stage asks :meth:`begin` for its grant (``granted``)."""
-
-    plan: Plan
-    clock: Clock
-    progress: bool
-    granted: float | None = None
-    begun: float = 0.0
-
-    @classmethod
-    def start(cls, config: RunConfig, cache_dir: str | Path | None, progress: bool) -> _Budget | None:
-        if config.time_limit is None and config.preset is None:
-            return None
-        clock = Clock(budget_of(config)[0])
-        plan = make_plan(config, clock, cache_dir)
-        log.info(plan.table())
-        return cls(plan, clock, progress)
-
-    def say(self, stage: str, best: ProbeResult | None) -> None:
-        """The whole run's progress line: stage, elapsed / limit, time left, best validation score so far."""
-        if not self.progress:
-            return
-        score = ""
-        if best is not None:
-            metric, value = headline(best.metrics.get("val") or {"accuracy": None})
-            score = f"; best so far: val {metric} {shown(value)} (probe of {best.backbone})"
-        elapsed = format_duration(self.clock.elapsed())
-        log.info(
-            f"[{elapsed} of {format_duration(self.clock.limit)}] {stage}, "
-            f"{format_duration(self.clock.remaining())} left{score}"
-        )
-
-    def begin(self, stage: str, run_dir: RunDir | None, best: ProbeResult | None) -> bool:
-        """Whether ``stage`` still fits; if so its grant in seconds is ``granted`` and the clock for it starts."""
-        if any(s.stage == stage for s in self.plan.steps):
-            self.granted = self.plan.allow(stage, self.clock)
-        else:
-            left = self.clock.remaining() - FINISH_SECONDS
-            self.granted = left if left > 0 else None
-        if run_dir is not None:
-            run_dir.write_json(layout.PLAN, self.record())
-        if self.granted is None:
-            return False
-        self.say(stage, best)
-        self.begun = time.perf_counter()
-        return True
-
-    def end(self, stage: str, run_dir: RunDir | None, note: str = "", status: str = "done") -> None:
-        if any(s.stage == stage for s in self.plan.steps):
-            self.plan.finished(stage, time.perf_counter() - self.begun, note, status)
-        if run_dir is not None:
-            run_dir.write_json(layout.PLAN, self.record())
-
-    def record(self) -> dict[str, Any]:
-        return {**self.plan.to_json(), "elapsed_seconds": self.clock.elapsed()}
-
-    def close(self, run_dir: RunDir) -> None:
-        run_dir.write_json(layout.PLAN, self.record())
-        over = self.clock.elapsed() - self.clock.limit
-        verdict = f"{format_duration(over)} over" if over > 0 else f"{format_duration(-over)} to spare"
-        log.info(
-            f"plan: finished in {format_duration(self.clock.elapsed())} of {format_duration(self.clock.limit)} "
-            f"({verdict})"
-        )
-
-
 def _probe_backbones(
-    config: RunConfig, budget: _Budget | None, run_dir: RunDir, cache_dir: str | Path | None, progress: bool
+    config: RunConfig, keeper: Unplanned, run_dir: RunDir, cache_dir: str | Path | None, progress: bool
 ) -> tuple[PreparedData, ProbeResult, list[list[str]], dict[str, float | None]]:
     """Prepare and probe ``config.backbone`` or, in a planned run, each planned backbone that still fits; keep the
     one whose probe cross-validates best (the first on a tie). Every new best is written at once, so an
     interrupted run already holds a usable model."""
-    names = budget.plan.backbones if budget is not None else [config.backbone]
     best: tuple[PreparedData, ProbeResult, list[list[str]], dict[str, float | None]] | None = None
-    for backbone in names:
+    for backbone, weights in keeper.backbones(config):
         stage = f"probe {backbone}"
-        deadline = None
-        if budget is not None and best is not None:
-            if not budget.begin(stage, run_dir, best[1]):
-                continue
-            deadline = time.monotonic() + budget.granted
-        elif budget is not None:
-            budget.say(stage, None)
-            budget.begun = time.perf_counter()
-        weights = budget.plan.costs[backbone].weights if budget is not None else config.weights
+        if not keeper.begin(stage, run_dir, best and best[1]):
+            continue
         try:
             prepared = prepare(
                 replace(config, backbone=backbone, weights=weights),
                 cache_dir=cache_dir,
                 progress=progress,
-                deadline=deadline,
+                deadline=keeper.deadline(),
             )
         except OutOfTime as stopped:
-            budget.end(stage, run_dir, f"{stopped}; its cached features are kept for a rerun", status="stopped")
+            keeper.end(stage, run_dir, f"{stopped}; its cached features are kept for a rerun", status="stopped")
             continue
         probe, candidates = _fit_probes(prepared)
         probe.backbone = backbone
         kept = best is None or _cv(probe) > _cv(best[1])
         if kept:
             best = (prepared, probe, _write_probe(prepared, probe, run_dir), candidates)
-        if budget is not None:
-            budget.end(stage, run_dir, f"CV log-likelihood {shown(probe.cv_score)}" + ("; kept" if kept else ""))
+        keeper.end(stage, run_dir, f"CV log-likelihood {shown(probe.cv_score)}" + ("; kept" if kept else ""))
     assert best is not None  # (the first backbone is always probed)
     return best
 

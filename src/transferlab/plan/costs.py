@@ -9,6 +9,7 @@ overlapped); the planner corrects them by the ratio of actual to estimated time 
 from __future__ import annotations
 
 import logging
+import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,13 +18,14 @@ import torch
 
 from transferlab import devices
 from transferlab.backbones.cut import HEAD
-from transferlab.backbones.model import load_backbone
+from transferlab.backbones.model import Backbone, load_backbone
 from transferlab.config import RunConfig
 from transferlab.features.extract import FP32, ImageFiles, Precision, feature_cache
 
 log = logging.getLogger(__name__)
 
 SAMPLE_IMAGES = 8
+WARMUP_BATCHES = 2
 TIMED_BATCHES = 3
 TRAIN_FACTOR = 3.0  # a training step (forward + backward + update) vs an inference forward pass
 PROBE_SECONDS_PER_UNIT = 1e-6  # × train+val images × feature dims × classes; one 400 × 1280 10-class probe ≈ 5 s
@@ -39,29 +41,33 @@ class BackboneCost:
     weights: str | None
     image_size: int
     decode: float  # seconds per image: read, resize, normalise
-    forward: float  # seconds per image: one inference pass at ``image_size``
+    forward: float  # seconds per image: one inference pass at ``image_size`` in the extraction precision
+    fp32_forward: float  # the same in fp32 (validation and test images are extracted in fp32)
+    train_forward: float  # the same in the training precision (fp32 on the CPU, AMP on CUDA)
     images: int
     cached: int  # images whose features are already in the cache
     dims: int  # pre-logit feature width
 
-    def extraction(self) -> float:
-        return (self.images - self.cached) * (self.decode + self.forward)
+    def extraction(self, held_out: float) -> float:
+        """Features of the uncached images, the ``held_out`` fraction of them (validation + test) in fp32."""
+        per_image = self.decode + (1 - held_out) * self.forward + held_out * self.fp32_forward
+        return (self.images - self.cached) * per_image
 
     def probe(self, fit_images: int, outputs: int) -> float:
         return 1.0 + PROBE_SECONDS_PER_UNIT * fit_images * self.dims * PROBE_INPUTS * max(2, outputs)
 
-    def first_model(self, fit_images: int, outputs: int) -> float:
+    def first_model(self, fit_images: int, outputs: int, held_out: float) -> float:
         """Extraction, then the probe: what every run spends before it has a usable model."""
-        return self.extraction() + self.probe(fit_images, outputs)
+        return self.extraction(held_out) + self.probe(fit_images, outputs)
 
     def epoch(self, train_images: int, val_images: int) -> float:
         """One fine-tuning epoch: a training pass over ``train_images``, a validation pass over ``val_images``."""
-        step = self.decode + TRAIN_FACTOR * self.forward
-        return train_images * step + val_images * (self.decode + self.forward)
+        step = self.decode + TRAIN_FACTOR * self.train_forward
+        return train_images * step + val_images * (self.decode + self.train_forward)
 
     def finetune_overhead(self, scored_images: int) -> float:
         """Set-up, the start's validation and the final scoring of ``scored_images`` (val + test)."""
-        return FINETUNE_SETUP_SECONDS + scored_images * (self.decode + self.forward)
+        return FINETUNE_SETUP_SECONDS + scored_images * (self.decode + self.train_forward)
 
 
 def _synchronize(device: torch.device) -> None:
@@ -93,27 +99,41 @@ def measure_backbone(
     backbone.model.to(device).eval()
     files = ImageFiles(_sample(paths, SAMPLE_IMAGES + 1), backbone.transform())
     files[0]  # warm-up: the first decode pays for imports and codec set-up
-    started = time.perf_counter()
-    images = [image for _, image, reason in (files[i] for i in range(1, len(files))) if not reason]
-    decode = (time.perf_counter() - started) / max(1, len(files) - 1)
+    images, seconds = [], []
+    for index in range(1, len(files)):
+        started = time.perf_counter()
+        _, image, reason = files[index]
+        seconds.append(time.perf_counter() - started)
+        if not reason:
+            images.append(image)
+    decode = statistics.median(seconds) if seconds else 0.0  # (a cold read or a busy moment is not the rule)
     size = int(backbone.data_config["input_size"][-1])
     batch = torch.stack(images) if images else torch.zeros(SAMPLE_IMAGES, 3, size, size)
     batch = batch.to(device).contiguous(memory_format=devices.memory_format(device))
-    timings = []
-    with torch.no_grad():
-        backbone.features(batch)  # warm-up: first-call allocations and kernel selection for this batch shape
-        for _ in range(TIMED_BATCHES):  # the fastest of a few: one sample is at the mercy of a busy machine
-            _synchronize(device)
-            started = time.perf_counter()
-            backbone.features(batch)
-            _synchronize(device)
-            timings.append(time.perf_counter() - started)
-    forward = min(timings) / len(batch)
     reduced = devices.reduced_precision(device)
+    fp32 = _forward_seconds(backbone, batch, device, devices.FP32)
+    forward = fp32 if reduced is None else _forward_seconds(backbone, batch, device, reduced)
+    train_forward = forward if devices.training_precision(device) == reduced else fp32
     caches = [feature_cache(backbone, root, Precision(FP32.name, device=device.type))]
     if reduced is not None:
         caches.append(feature_cache(backbone, root, Precision(reduced, device=device.type)))
     cached = sum(1 for digest in digests if any(digest in cache for cache in caches))
     dims = backbone.cut_dims.get(HEAD) or int(getattr(backbone.model, "num_features", 1280))
     log.debug(f"{name}: decode {decode * 1e3:.1f} ms, forward {forward * 1e3:.1f} ms per image, {cached} cached")
-    return BackboneCost(name, weights, size, decode, forward, len(digests), cached, dims)
+    return BackboneCost(name, weights, size, decode, forward, fp32, train_forward, len(digests), cached, dims)
+
+
+def _forward_seconds(backbone: Backbone, batch: torch.Tensor, device: torch.device, precision: str) -> float:
+    """Seconds per image of one inference pass at ``precision``: the fastest of a few timed batches after a
+    warm-up (first-call allocations and kernel selection), since one sample is at the mercy of a busy machine."""
+    timings = []
+    with torch.no_grad(), devices.autocast(device, precision):
+        for _ in range(WARMUP_BATCHES):
+            backbone.features(batch)
+        for _ in range(TIMED_BATCHES):
+            _synchronize(device)
+            started = time.perf_counter()
+            backbone.features(batch)
+            _synchronize(device)
+            timings.append(time.perf_counter() - started)
+    return min(timings) / len(batch)

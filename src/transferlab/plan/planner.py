@@ -69,7 +69,8 @@ class Plan:
 
     # -- estimates -------------------------------------------------------------------------------------------------
     def probe_estimate(self, name: str) -> float:
-        return self.costs[name].first_model(self.fit_images, self.outputs)
+        held_out = (self.val_images + self.test_images) / max(1, self.train_images + self.val_images + self.test_images)
+        return self.costs[name].first_model(self.fit_images, self.outputs, held_out)
 
     def epoch_estimate(self, name: str) -> float:
         return self.costs[name].epoch(self.train_images, self.val_images)
