@@ -25,8 +25,8 @@ from transferlab.features.extract import FP32, ImageFiles, Precision, feature_ca
 log = logging.getLogger(__name__)
 
 SAMPLE_IMAGES = 8
-WARMUP_BATCHES = 2
-TIMED_BATCHES = 3
+WARMUP_BATCHES = 1
+TIMED_BATCHES = 2
 TRAIN_FACTOR = 3.0  # a training step (forward + backward + update) vs an inference forward pass
 PROBE_SECONDS_PER_UNIT = 1e-6  # × train+val images × feature dims × classes; one 400 × 1280 10-class probe ≈ 5 s
 PROBE_INPUTS = 2.4  # the probe fits the pre-logits and the joined depths (≈ 1.4 × the pre-logits' width)

@@ -221,15 +221,13 @@ def make_plan(config: RunConfig, clock: Clock, cache_dir: str | Path | None = No
         except OSError:
             continue  # (prepare names the file; here it only costs nothing)
     root = Path(cache_dir) if cache_dir else default_cache_dir()
-    costs = {
-        name: measure_backbone(config, name, weights, paths, digests, root, device)
-        for name, weights in _candidates(config, preset)
-    }
+    candidates = _candidates(config, preset)
+    measure = lambda name, weights: measure_backbone(config, name, weights, paths, digests, root, device)  # noqa: E731
+    costs = {candidates[0][0]: measure(*candidates[0])}
     train, val, test = _split_sizes(config, n_given, len(test_set) if test_set is not None else 0)
     outputs = len(dataset.classes)
     plan = Plan(limit, preset.name, str(device), train + val, train, val, test, outputs, costs, [], None, config.trials)
-    names = list(costs)
-    first = names[0]
+    first = candidates[0][0]
     needed = plan.probe_estimate(first) + FINISH_SECONDS + clock.elapsed()
     if needed > limit * (1 + MARGIN):  # (estimates are rough: refuse only what even the margin cannot hold)
         raise TransferlabError(
@@ -242,12 +240,19 @@ def make_plan(config: RunConfig, clock: Clock, cache_dir: str | Path | None = No
     plan.steps.append(Step(f"probe {first}", plan.probe_estimate(first)))
     # Further backbones come before fine-tuning: a probe per backbone is cheap, and cross-validation picks among
     # them reliably, while fine-tuning at a small budget rarely beats the probe it starts from (docs/benchmarks.md).
-    for name in names[1:]:
+    # Each is measured only once the ones before it fit (the preset lists them cheapest first), so measuring costs
+    # a small budget no more than the backbone it can afford.
+    for name, weights in candidates[1:]:
+        measuring = clock.elapsed()
+        costs[name] = measure(name, weights)
+        left -= clock.elapsed() - measuring
         share = left - (plan.finetune_minimum_for(name) if config.finetune is not None else 0.0)
         cost = plan.probe_estimate(name)
         if cost > share and not config.backbones:
-            log.info(f"plan: not probing {name} (about {format_duration(cost)}, {format_duration(share)} to spend)")
-            continue
+            log.info(
+                f"plan: not probing {name} or larger (about {format_duration(cost)}, {format_duration(share)} to spend)"
+            )
+            break
         plan.backbones.append(name)
         plan.steps.append(Step(f"probe {name}", cost))
         left -= cost
