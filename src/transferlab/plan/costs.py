@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 SAMPLE_IMAGES = 8
 WARMUP_BATCHES = 1
-TIMED_BATCHES = 2
+TIMED_BATCHES = 1
 TRAIN_FACTOR = 3.0  # a training step (forward + backward + update) vs an inference forward pass
 PROBE_SECONDS_PER_UNIT = 1e-6  # × train+val images × feature dims × classes; one 400 × 1280 10-class probe ≈ 5 s
 PROBE_INPUTS = 2.4  # the probe fits the pre-logits and the joined depths (≈ 1.4 × the pre-logits' width)
@@ -109,6 +109,10 @@ def measure_backbone(
     decode = statistics.median(seconds) if seconds else 0.0  # (a cold read or a busy moment is not the rule)
     size = int(backbone.data_config["input_size"][-1])
     batch = torch.stack(images) if images else torch.zeros(SAMPLE_IMAGES, 3, size, size)
+    # timed at the extraction's batch size: small batches on a busy machine measured up to 25x slow (threads
+    # waiting on each other), while the real batches ran at 3x
+    batch_size = config.batch_size or devices.default_batch_size(device)
+    batch = batch.repeat((batch_size + len(batch) - 1) // len(batch), 1, 1, 1)[:batch_size]
     batch = batch.to(device).contiguous(memory_format=devices.memory_format(device))
     reduced = devices.reduced_precision(device)
     fp32 = _forward_seconds(backbone, batch, device, devices.FP32)
@@ -124,8 +128,8 @@ def measure_backbone(
 
 
 def _forward_seconds(backbone: Backbone, batch: torch.Tensor, device: torch.device, precision: str) -> float:
-    """Seconds per image of one inference pass at ``precision``: the fastest of a few timed batches after a
-    warm-up (first-call allocations and kernel selection), since one sample is at the mercy of a busy machine."""
+    """Seconds per image of one inference pass at ``precision``, timed after a warm-up batch of the same shape
+    (first-call allocations and kernel selection); the fastest when several are timed."""
     timings = []
     with torch.no_grad(), devices.autocast(device, precision):
         for _ in range(WARMUP_BATCHES):
