@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from collections import Counter, defaultdict
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from tqdm import tqdm
 
 from transferlab.data import ImageLoadError, Problem, load_dataset, load_image
 from transferlab.data.dataset import printable
@@ -40,8 +45,12 @@ class DatasetInfo:
         return "\n".join(lines)
 
 
-def dataset_info(source: str | Path, label_sep: str | None = None) -> DatasetInfo:
-    """Decode every image once (header and pixels) and hash it, collecting problems instead of stopping."""
+def dataset_info(source: str | Path, label_sep: str | None = None, progress: bool = False) -> DatasetInfo:
+    """Decode every image once (header and pixels) and hash it, collecting problems instead of stopping.
+
+    Images are inspected in worker processes, one per core, in chunks (decoding is CPU-bound and the GIL would keep
+    threads on one core); results come back in dataset order, so the report does not depend on scheduling.
+    """
     dataset = load_dataset(source, label_sep=label_sep)
     info = DatasetInfo(
         str(source),
@@ -49,20 +58,55 @@ def dataset_info(source: str | Path, label_sep: str | None = None) -> DatasetInf
         dataset.class_counts(),
         problems=list(dataset.problems),
     )
+    paths = [dataset.absolute(index) for index in range(len(dataset.paths))]
     by_hash: dict[str, list[str]] = defaultdict(list)
-    for index, relative in enumerate(dataset.paths):
-        path = dataset.absolute(index)
-        try:
-            with_original_mode = _original_mode(path)
-            image = load_image(path)
-            by_hash[content_hash(path)].append(printable(relative))
-        except (ImageLoadError, OSError) as error:
-            info.problems.append(Problem(relative, getattr(error, "reason", str(error))))
-            continue
-        info.sizes[image.size] += 1
-        info.modes[with_original_mode] += 1
-    info.duplicates = [paths for paths in by_hash.values() if len(paths) > 1]
+    with tqdm(total=len(paths), desc="info", unit="img", disable=not progress, leave=False) as bar:
+        for relative, found in zip(dataset.paths, _inspect_all(paths, bar), strict=True):
+            if isinstance(found, str):
+                info.problems.append(Problem(relative, found))
+                continue
+            mode, size, digest = found
+            by_hash[digest].append(printable(relative))
+            info.sizes[size] += 1
+            info.modes[mode] += 1
+    info.duplicates = [group for group in by_hash.values() if len(group) > 1]
     return info
+
+
+CHUNK = 256
+"""Images per task sent to a worker: large enough that pickling is noise, small enough for a smooth progress bar."""
+
+
+def _inspect_all(paths: list[Path], bar: tqdm) -> Iterator[tuple[str, tuple[int, int], str] | str]:
+    chunks = [paths[start : start + CHUNK] for start in range(0, len(paths), CHUNK)]
+    workers = min(os.cpu_count() or 1, len(chunks))
+    if workers <= 1:
+        results: Iterator[list] = map(_inspect_chunk, chunks)
+        executor = None
+    else:
+        executor = ProcessPoolExecutor(workers)
+        results = executor.map(_inspect_chunk, chunks)
+    try:
+        for chunk in results:
+            bar.update(len(chunk))
+            yield from chunk
+    finally:
+        if executor is not None:
+            executor.shutdown(cancel_futures=True)
+
+
+def _inspect_chunk(paths: list[Path]) -> list[tuple[str, tuple[int, int], str] | str]:
+    return [_inspect(path) for path in paths]
+
+
+def _inspect(path: Path) -> tuple[str, tuple[int, int], str] | str:
+    """(original mode, size after EXIF rotation, content hash) of one image, or the reason it cannot be used."""
+    try:
+        mode = _original_mode(path)
+        image = load_image(path)
+        return mode, image.size, content_hash(path)
+    except (ImageLoadError, OSError) as error:
+        return getattr(error, "reason", str(error))
 
 
 def _original_mode(path: Path) -> str:

@@ -20,4 +20,4 @@ def register(commands: argparse._SubParsersAction) -> None:
 def handle(args: argparse.Namespace) -> None:
     from transferlab.info import dataset_info
 
-    print(dataset_info(args.data, label_sep=args.label_sep).render())
+    print(dataset_info(args.data, label_sep=args.label_sep, progress=True).render())
