@@ -59,3 +59,30 @@ def test_single_label_metrics_from_probabilities() -> None:
     assert metrics["accuracy"] == 0.75
     assert metrics["confusion_matrix"] == [[1, 0], [1, 2]]
     assert metrics["balanced_accuracy"] == (1 + 2 / 3) / 2
+
+
+def test_large_data_chooses_c_on_a_stratified_sample_and_fits_on_every_row(monkeypatch) -> None:
+    from transferlab.probe import linear
+
+    x, y = _blobs(600, 4, 16, 1.0, 3)
+    features, targets = _splits(x, y)
+    full = fit_probe(features, targets, list("abcd"))
+    assert full.cv_images == full.fit_images == 450
+    monkeypatch.setattr(linear, "CV_ROWS", 200)
+    sampled = fit_probe(features, targets, list("abcd"))
+    assert sampled.fit_images == 450 and 196 <= sampled.cv_images <= 204
+    assert sampled.model[-1].coef_.shape == (4, 16) and not hasattr(sampled.model[-1], "Cs_")  # refit at one C
+    assert sampled.C in linear.C_GRID and sampled.cv_score is not None
+    assert abs(sampled.metrics["test"]["accuracy"] - full.metrics["test"]["accuracy"]) <= 0.03
+    rows = linear._cv_rows(np.concatenate([targets["train"], targets["val"]]), None, 0)
+    assert np.bincount(np.concatenate([targets["train"], targets["val"]])[rows]).min() >= 45  # every class's share
+
+
+def test_sampled_cv_keeps_whole_groups(monkeypatch) -> None:
+    from transferlab.probe import linear
+
+    monkeypatch.setattr(linear, "CV_ROWS", 100)
+    groups = np.repeat(np.arange(60), 5)  # 300 rows, 60 groups of 5
+    rows = linear._cv_rows(np.zeros(300, dtype=int), groups, 0)
+    taken = set(groups[rows].tolist())
+    assert len(rows) == 5 * len(taken) and 100 <= len(rows) <= 105

@@ -224,6 +224,7 @@ def _probe_facts(probe: ProbeResult, candidates: dict[str, float | None]) -> dic
         # which images each model saw: C by k-fold CV on train+val, deployed refit on both, val scored by a twin
         "fit_on": "train+val",
         "fit_images": probe.fit_images,
+        "cv_images": probe.cv_images,  # fewer than fit_images when C was chosen on a sample (large data)
     }
 
 

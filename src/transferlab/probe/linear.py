@@ -10,6 +10,7 @@ on test (a small-data user cannot spare 15% of their images; cf. scikit-learn's 
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 import warnings
@@ -29,8 +30,14 @@ from transferlab.data.split import MAX_FOLDS, cv_folds
 from transferlab.features.scaling import channel_scale
 from transferlab.metrics import classification_metrics, tune_thresholds
 
+logger = logging.getLogger(__name__)
+
 C_GRID = np.logspace(-3, 1, 5)
 FALLBACK_C = 0.1  # when a class is too rare to cross-validate
+CV_ROWS = 20_000
+"""C is chosen by k-fold CV on at most this many train + val rows (a seeded sample stratified by class, or whole
+groups); above it only the final fits see every row. 25 CV fits on 100k rows would cost more than extracting them;
+on 20k the C curve is already flat around its best (see docs/benchmarks.md, "A probe that scales")."""
 
 
 class ChannelScaler(StandardScaler):
@@ -61,6 +68,7 @@ class ProbeResult:
     fit_images: int
     val_scores: np.ndarray | None = None
     cv_score: float | None = None  # mean cross-validated log-likelihood per image at the chosen C (None: no CV)
+    cv_images: int = 0  # how many train + val images the C search cross-validated on (all, up to CV_ROWS)
     cut_point: str | None = None  # set by the caller that chose the features
     backbone: str | None = None  # set by the caller that compared backbones
 
@@ -165,8 +173,17 @@ def fit_probe(
     has_val = "val" in features and len(y["val"]) > 0
     fit_x = np.concatenate([features["train"], features["val"]]) if has_val else features["train"]
     fit_y = np.concatenate([y["train"], y["val"]]) if has_val else y["train"]
-    model = _fit(make_pipeline(ChannelScaler(), _selecting(fit_y, groups, seed)), fit_x, fit_y)
-    C = _chosen_c(model)
+    rows = _cv_rows(fit_y, groups, seed)
+    search_groups = None if groups is None else groups[rows]
+    search = _fit(
+        make_pipeline(ChannelScaler(), _selecting(fit_y[rows], search_groups, seed)), fit_x[rows], fit_y[rows]
+    )
+    C = _chosen_c(search)
+    if len(rows) < len(fit_y):
+        logger.info("probe: C chosen by CV on %d of %d images, then fit on all of them", len(rows), len(fit_y))
+    model = (
+        search if len(rows) == len(fit_y) else _fit(make_pipeline(ChannelScaler(), _fixed(C, multilabel)), fit_x, fit_y)
+    )
     train_model = _fit(make_pipeline(ChannelScaler(), _fixed(C, multilabel)), features["train"], y["train"])
     fit_seconds = time.perf_counter() - start
     val_scores = _scores(train_model, features["val"], len(classes), multilabel) if has_val else None
@@ -174,13 +191,36 @@ def fit_probe(
     probe = ProbeResult(
         model, train_model, C, thresholds, {}, fit_seconds, len(classes), multilabel, len(fit_y), val_scores
     )
-    probe.cv_score = _cv_score(model[-1])
+    probe.cv_score = _cv_score(search[-1])
+    probe.cv_images = len(rows)
     for split_name, split_features in features.items():
         if len(split_features):
             scorer = model if split_name == "test" else train_model
             scores = _scores(scorer, split_features, len(classes), multilabel)
             probe.metrics[split_name] = classification_metrics(y[split_name], scores, classes, thresholds)
     return probe
+
+
+def _cv_rows(y: np.ndarray, groups: np.ndarray | None, seed: int) -> np.ndarray:
+    """Every row, or a seeded sample of :data:`CV_ROWS`: the same share of each class (single-label), whole
+    groups (so folds stay grouped), or uniform rows (multi-label); sorted, so the sample keeps the data's order."""
+    n = len(y)
+    if n <= CV_ROWS:
+        return np.arange(n)
+    rng = np.random.default_rng(seed)
+    if groups is not None:
+        names, of_row = np.unique(groups, return_inverse=True)
+        taken = np.zeros(len(names), dtype=bool)
+        order = rng.permutation(len(names))
+        sizes = np.bincount(of_row)[order]
+        taken[order[: int(np.searchsorted(np.cumsum(sizes), CV_ROWS)) + 1]] = True
+        return np.flatnonzero(taken[of_row])
+    if y.ndim == 2:
+        return np.sort(rng.choice(n, CV_ROWS, replace=False))
+    share = CV_ROWS / n
+    picked = [rng.permutation(np.flatnonzero(y == label))[: max(1, round(share * count))]
+              for label, count in enumerate(np.bincount(y)) if count]  # fmt: skip
+    return np.sort(np.concatenate(picked))
 
 
 class _PerLabel(OneVsRestClassifier):
