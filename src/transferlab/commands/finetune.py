@@ -141,9 +141,9 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 def handle(args: argparse.Namespace) -> None:
     from transferlab.devices import resolve_device
+    from transferlab.distributed import from_environment
     from transferlab.finetune import finetune
     from transferlab.finetune.depth_search import search_unfreeze
-    from transferlab.finetune.distributed import from_environment
     from transferlab.finetune.variants import finetune_folds, finetune_from_scratch
     from transferlab.prepare import prepare
     from transferlab.record import RunDir
