@@ -22,6 +22,7 @@ from transferlab.config import RunConfig
 from transferlab.data import ImageDataset, Problem, load_dataset, make_split, stratified_subset
 from transferlab.data.dataset import printable
 from transferlab.data.split import SPLITS, Split, split_digest
+from transferlab.distributed import Distributed
 from transferlab.errors import TransferlabError
 from transferlab.features import FeatureCache, decide_precision, default_cache_dir, extract_features, feature_cache
 from transferlab.features.cache import content_hash
@@ -175,11 +176,23 @@ class PreparedData:
         return {s: matrix[self.split.indices(s)] for s in SPLITS}
 
 
+def images_computed(extraction: dict[str, Any]) -> tuple[int, int]:
+    """(computed, from cache) over both precisions in :meth:`PreparedData.extraction_record` (a run's
+    ``extraction``): each image counts once, at the precision it is used at."""
+    held_out = extraction["held_out_fp32"] or {"images": 0, "computed": 0}  # validation + test, in fp32
+    computed = extraction["computed"] + held_out["computed"]
+    return computed, extraction["cached"] + held_out["images"] - held_out["computed"]
+
+
 def _extraction_options(
-    config: RunConfig, device: torch.device, progress: bool, deadline: float | None = None
+    config: RunConfig,
+    device: torch.device,
+    progress: bool,
+    deadline: float | None = None,
+    distributed: Distributed | None = None,
 ) -> dict[str, Any]:
     options = {"device": device, "batch_size": config.batch_size, "workers": config.workers, "progress": progress}
-    return options | ({} if deadline is None else {"deadline": deadline})
+    return options | ({} if deadline is None else {"deadline": deadline}) | {"distributed": distributed}
 
 
 def prepare(
@@ -188,11 +201,19 @@ def prepare(
     cache_dir: str | Path | None = None,
     progress: bool = True,
     deadline: float | None = None,
+    distributed: Distributed | None = None,
 ) -> PreparedData:
     """Index the data, load the backbone, extract (or reuse) features and split; skipped inputs are logged.
 
-    ``deadline`` (``time.monotonic``): a planned run's time box; extraction past it raises ``OutOfTime``."""
+    ``deadline`` (``time.monotonic``): a planned run's time box; extraction past it raises ``OutOfTime``.
+    ``distributed`` (a torchrun job; every rank calls this): each rank extracts its share of the uncached images
+    (on its own GPU under CUDA), rank 0 chooses the precision for all, and every rank returns the same data. Index
+    problems are logged by rank 0 and each undecodable image by the rank that met it; all ranks' are in
+    ``problems``."""
+    distributed = distributed or Distributed()
     device = devices.resolve_device(config.device)  # an absent device fails here, before any work
+    if distributed.enabled and device.type == "cuda":
+        device = distributed.device  # one GPU per local rank
     dataset = load_dataset(config.data, label_sep=config.label_sep, group_column=config.groups)
     backbone = load_backbone(
         config.backbone,
@@ -224,14 +245,16 @@ def prepare(
     root = Path(cache_dir) if cache_dir else default_cache_dir()
     paths = [dataset.absolute(i) for i in range(len(dataset))]
     backbone.model.to(device)
-    precision = decide_precision(backbone, paths, hashes, root, device)
+    precision = distributed.broadcast(  # one precision, so one cache, for all ranks
+        decide_precision(backbone, paths, hashes, root, device) if distributed.is_main else None
+    )
     cache = feature_cache(backbone, root, precision)
     split_options = {
         "seed": config.seed,
         "val_fraction": config.val_fraction,
         "test_fraction": config.test_fraction,
     }
-    options = _extraction_options(config, device, progress, deadline)
+    options = _extraction_options(config, device, progress, deadline, distributed)
     open_cache = lambda chosen: feature_cache(backbone, root, chosen)  # noqa: E731
     # One pass per image at the precision it is used at: the split is planned on the readable images first, so
     # validation and test images (scored in fp32, as deployment runs) are not also extracted in bf16.
@@ -242,11 +265,13 @@ def prepare(
         backbone, [paths[i] for i in rest], [hashes[i] for i in rest], cache, precision=precision, **options
     )
     first_held_out = extract_held_out(backbone, paths, hashes, held, open_cache, precision, **options)
-    failed = {**extraction.failed, **(first_held_out.report.failed if first_held_out else {})}
-    problems += [Problem(str(Path(path).relative_to(dataset.root)), reason) for path, reason in failed.items()]
-    for problem in problems:
-        log.warning(str(problem))
-    if problems:
+    met = {**extraction.failed, **(first_held_out.report.failed if first_held_out else {})}  # by this rank
+    failed = {path: reason for part in distributed.gather(met) for path, reason in part.items()}
+    undecodable = {path: Problem(str(Path(path).relative_to(dataset.root)), reason) for path, reason in failed.items()}
+    for problem in (problems if distributed.is_main else []) + [undecodable[path] for path in met]:
+        log.warning(str(problem))  # each named once: index problems by rank 0, a bad image by the rank that met it
+    problems += undecodable.values()
+    if problems and distributed.is_main:
         log.warning(f"{len(problems)} input(s) skipped")
 
     fp32_cache = first_held_out.cache if first_held_out else None

@@ -1,0 +1,125 @@
+"""Extraction shared by the ranks of a real ``torchrun`` job: every image computed once, the features of one process."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from conftest import TINY_BACKBONE, TINY_SIZE, make_class_folder
+
+from transferlab.config import RunConfig
+from transferlab.errors import TransferlabError
+from transferlab.features.cache import HASHES
+from transferlab.features.extract import rank_share
+from transferlab.prepare import prepare
+
+SHARD = 4
+
+
+@dataclass
+class _Rank:
+    """A stand-in for one rank of ``transferlab.distributed.Distributed``: rank 0's plan, every rank's fingerprint."""
+
+    rank: int
+    world_size: int
+    fingerprints: list[Any] | None = None
+    plan: Any = None
+
+    is_main = property(lambda self: self.rank == 0)
+
+    def gather(self, value: Any) -> list[Any]:
+        return self.fingerprints or [value] * self.world_size
+
+    def broadcast(self, value: Any) -> Any:
+        if self.is_main:
+            type(self).plan = value
+        return type(self).plan
+
+
+def test_ranks_take_disjoint_whole_shards_of_rank_0s_plan(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TRANSFERLAB_SHARD_SIZE", str(SHARD))
+    digests = [f"{n:064x}" for n in (9, 3, 7, 1, 5, 3, 8, 2, 6, 4, 0)]  # 3 appears twice: computed once
+    todo = [i for i, d in enumerate(digests) if d not in {digests[0]} and digests.index(d) == i]  # 9 is cached
+    shares = [rank_share(digests, todo, _Rank(rank, 2)) for rank in (0, 1)]  # rank 0 plans first
+    computed = [[int(digests[i], 16) for i in share] for share in shares]
+    assert computed == [[0, 1, 2, 3, 8], [4, 5, 6, 7]]  # content-hash order, shards of 4: 0 and 2 | 1
+    assert not set(shares[0]) & set(shares[1]) and len(shares[0]) + len(shares[1]) == len(todo)
+
+
+def test_ranks_that_see_different_images_stop_with_one_line() -> None:
+    seen = [(3, "a"), (2, "b")]
+    with pytest.raises(TransferlabError, match=r"rank 0: 3, rank 1: 2 distinct.*same DATA"):
+        rank_share(["0" * 64], [0], _Rank(1, 2, fingerprints=seen))
+
+
+def _torchrun(data: Path, weights: Path, cache: Path) -> subprocess.CompletedProcess:
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+        "-m", "transferlab", "extract", str(data), "--backbone", TINY_BACKBONE, "--weights", str(weights),
+        "--image-size", str(TINY_SIZE), "--workers", "0", "--batch-size", str(SHARD), "--device", "cpu",
+        "--cache-dir", str(cache), "--no-progress",
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TRANSFERLAB_SHARD_SIZE": str(SHARD)}
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parents[1] / "src"), env.get("PYTHONPATH", "")])
+    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=240, check=False)
+
+
+def _shard_rows(cache: Path) -> dict[str, list[str]]:
+    """Per cache key (one per precision), every content hash written into its shards, repeats included."""
+    rows: dict[str, list[str]] = {}
+    for shard in sorted(cache.glob("features/*/shard-*.npz")):
+        with np.load(shard) as data:
+            rows.setdefault(shard.parent.name, []).extend(data[HASHES].astype(str).tolist())
+    return rows
+
+
+def test_two_torchrun_ranks_compute_each_image_once_into_one_cache(
+    tmp_path: Path, tiny_weights: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TRANSFERLAB_SHARD_SIZE", str(SHARD))
+    data = make_class_folder(tmp_path / "data", per_class=8)  # 24 images
+    (data / "red" / "broken.png").write_text("not an image")
+    config = RunConfig(
+        data=str(data), backbone=TINY_BACKBONE, weights=str(tiny_weights), image_size=TINY_SIZE, workers=0,
+        batch_size=SHARD, device="cpu",
+    )  # fmt: skip
+    single = prepare(config, cache_dir=tmp_path / "single", progress=False)
+    assert single.extraction.precision == "bf16" and single.held_out is not None  # both precisions are in play
+    # A killed job's finished shard is all a rerun finds: one shard of the single-process cache, copied over.
+    kept = sorted((tmp_path / "single").glob("features/*/shard-*.npz"))[0]
+    (tmp_path / "shared" / kept.parent.relative_to(tmp_path / "single")).mkdir(parents=True)
+    shutil.copy(kept, tmp_path / "shared" / kept.relative_to(tmp_path / "single"))
+    with np.load(kept) as shard:
+        survived = len(shard[HASHES])
+
+    done = _torchrun(data, tiny_weights, tmp_path / "shared")
+    assert done.returncode == 0, done.stderr[-3000:]
+    counts = re.search(r"features: (\d+) computed \(rank 0: (\d+), rank 1: (\d+)\), \d+ from cache", done.stdout)
+    assert counts and done.stdout.count("features:") == 1, done.stdout  # one voice: rank 0's
+    total, rank0, rank1 = map(int, counts.groups())
+    computed_alone = _shard_rows(tmp_path / "single")
+    assert total == sum(map(len, computed_alone.values())) - survived and rank0 > 0 and rank1 > 0
+    assert rank0 + rank1 == total
+    rows = _shard_rows(tmp_path / "shared")  # each image computed once per precision, across ranks and runs
+    assert all(len(digests) == len(set(digests)) for digests in rows.values())
+    assert {key: sorted(digests) for key, digests in rows.items()} == {
+        key: sorted(digests) for key, digests in computed_alone.items()
+    }  # and the same images at the same precisions as one process
+    output = done.stdout + done.stderr
+    assert output.count("skipped red/broken.png") == 1  # named once, by the rank that met it
+
+    shared = prepare(config, cache_dir=tmp_path / "shared", progress=False)  # a following run extracts nothing
+    assert shared.extraction.computed == 0 and shared.held_out is not None and shared.held_out.report.computed == 0
+    assert shared.hashes == single.hashes and [str(p) for p in shared.problems] == [str(p) for p in single.problems]
+    for cut_point in [*single.backbone.cut_points, "head"]:
+        ours, theirs = single.features(cut_point), shared.features(cut_point)
+        for split in ("train", "val", "test"):
+            np.testing.assert_allclose(theirs[split], ours[split], rtol=1e-5, atol=1e-6)
