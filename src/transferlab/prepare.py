@@ -26,7 +26,7 @@ from transferlab.distributed import Distributed
 from transferlab.errors import TransferlabError
 from transferlab.features import FeatureCache, decide_precision, default_cache_dir, extract_features, feature_cache
 from transferlab.features.cache import content_hash
-from transferlab.features.extract import FP32, ExtractionReport, HeldOut, extract_held_out, load_features
+from transferlab.features.extract import ExtractionReport, HeldOut, extract_held_out, extract_split, load_features
 from transferlab.features.maps import MAP, MAP_SIZE, MapView, map_cache
 from transferlab.record import RunDir, environment, layout
 
@@ -160,18 +160,10 @@ class PreparedData:
         precision = self.extraction.precision_used
         paths = [self.dataset.absolute(i) for i in range(len(self.dataset))]
         view = MapView(self.backbone, name, size)
+        open_cache = lambda chosen: map_cache(self.backbone, root, name, chosen, size)  # noqa: E731
+        held = self.split.held_out_rows()
         options = self.extraction_options(progress)
-        cache = map_cache(self.backbone, root, name, precision, size)
-        extract_features(view, paths, self.hashes, cache, precision=precision, **options)
-        held_out = extract_held_out(
-            view,
-            paths,
-            self.hashes,
-            self.split.held_out_rows(),
-            lambda chosen: map_cache(self.backbone, root, name, chosen, size),
-            precision,
-            **options,
-        )
+        cache, _, held_out = extract_split(view, paths, self.hashes, held, open_cache, precision, **options)
         matrix = load_features(cache, held_out, self.hashes, MAP)
         return {s: matrix[self.split.indices(s)] for s in SPLITS}
 
@@ -248,7 +240,6 @@ def prepare(
     precision = distributed.broadcast(  # one precision, so one cache, for all ranks
         decide_precision(backbone, paths, hashes, root, device) if distributed.is_main else None
     )
-    cache = feature_cache(backbone, root, precision)
     split_options = {
         "seed": config.seed,
         "val_fraction": config.val_fraction,
@@ -259,12 +250,9 @@ def prepare(
     # One pass per image at the precision it is used at: the split is planned on the readable images first, so
     # validation and test images (scored in fp32, as deployment runs) are not also extracted in bf16.
     planned = make_split(dataset.y, hashes, **split_options, groups=dataset.groups, test_rows=is_test)
-    held = planned.held_out_rows() if precision.name != FP32.name else np.zeros(0, dtype=np.int64)
-    rest = np.setdiff1d(np.arange(len(dataset)), held)
-    extraction = extract_features(
-        backbone, [paths[i] for i in rest], [hashes[i] for i in rest], cache, precision=precision, **options
+    cache, extraction, first_held_out = extract_split(
+        backbone, paths, hashes, planned.held_out_rows(), open_cache, precision, **options
     )
-    first_held_out = extract_held_out(backbone, paths, hashes, held, open_cache, precision, **options)
     met = {**extraction.failed, **(first_held_out.report.failed if first_held_out else {})}  # by this rank
     failed = {path: reason for part in distributed.gather(met) for path, reason in part.items()}
     undecodable = {path: Problem(str(Path(path).relative_to(dataset.root)), reason) for path, reason in failed.items()}

@@ -400,6 +400,27 @@ def extract_held_out(
     return HeldOut(cache, rows, report)
 
 
+def extract_split(
+    backbone: Backbone,
+    paths: list[Path],
+    digests: list[str],
+    held_rows: np.ndarray,
+    open_cache: Callable[[Precision], FeatureCache],
+    precision: Precision,
+    **options: object,
+) -> tuple[FeatureCache, ExtractionReport, HeldOut | None]:
+    """One forward pass per image at the precision it is scored with: ``held_rows`` (validation + test) only in
+    fp32 (:func:`extract_held_out`), every other image only at ``precision``; returns ``precision``'s cache, its
+    report and the held-out part for :func:`load_features`."""
+    cache = open_cache(precision)
+    held = held_rows if precision.name != FP32.name else np.zeros(0, dtype=np.int64)
+    rest = np.setdiff1d(np.arange(len(digests)), held)
+    report = extract_features(
+        backbone, [paths[i] for i in rest], [digests[i] for i in rest], cache, precision=precision, **options
+    )
+    return cache, report, extract_held_out(backbone, paths, digests, held, open_cache, precision, **options)
+
+
 def load_features(cache: FeatureCache, held_out: HeldOut | None, digests: list[str], name: str) -> np.ndarray:
     """``name`` features of every digest: held-out rows from their fp32 cache, the others from ``cache`` (held-out
     rows need not be in ``cache`` at all: each image is computed at the precision it is used at)."""
