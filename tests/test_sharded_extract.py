@@ -123,3 +123,20 @@ def test_two_torchrun_ranks_compute_each_image_once_into_one_cache(
         ours, theirs = single.features(cut_point), shared.features(cut_point)
         for split in ("train", "val", "test"):
             np.testing.assert_allclose(theirs[split], ours[split], rtol=1e-5, atol=1e-6)
+
+
+def test_extract_fills_the_cache_so_a_following_run_extracts_nothing(
+    class_folder: Path, tiny_weights: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from transferlab.cli import main
+
+    options = [
+        str(class_folder), "--backbone", TINY_BACKBONE, "--weights", str(tiny_weights), "--image-size", str(TINY_SIZE),
+        "--workers", "0", "--cache-dir", str(tmp_path / "cache"), "--no-progress",
+    ]  # fmt: skip
+    assert main(["extract", *options]) == 0
+    assert "features: 36 computed, 0 from cache, 0 skipped" in capsys.readouterr().out
+    assert main(["run", *options, "--runs-dir", str(tmp_path / "runs")]) == 0
+    assert "features: 0 computed, 36 from cache" in capsys.readouterr().out
+    with pytest.raises(SystemExit):  # extract writes no run directory, so it takes no --name
+        main(["extract", *options, "--name", "x"])
