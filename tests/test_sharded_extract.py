@@ -9,16 +9,18 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pytest
+import torch
 from conftest import TINY_BACKBONE, TINY_SIZE, make_class_folder
 
+from transferlab.backbones import load_backbone
 from transferlab.config import RunConfig
 from transferlab.errors import TransferlabError
-from transferlab.features.cache import HASHES
-from transferlab.features.extract import rank_share
+from transferlab.features.cache import HASHES, content_hash
+from transferlab.features.extract import FP32, _Forward, extract_features, feature_cache, rank_share
 from transferlab.prepare import prepare
 
 SHARD = 4
@@ -26,12 +28,14 @@ SHARD = 4
 
 @dataclass
 class _Rank:
-    """A stand-in for one rank of ``transferlab.distributed.Distributed``: rank 0's plan, every rank's fingerprint."""
+    """One rank of ``transferlab.distributed.Distributed`` in this process: the ranks run one after another, rank 0
+    first, so its broadcast plan is what the later ones receive and the barrier has no one to wait for."""
 
     rank: int
     world_size: int
     fingerprints: list[Any] | None = None
-    plan: Any = None
+    plans: ClassVar[list[Any]] = []
+    enabled = True
 
     is_main = property(lambda self: self.rank == 0)
 
@@ -40,8 +44,11 @@ class _Rank:
 
     def broadcast(self, value: Any) -> Any:
         if self.is_main:
-            type(self).plan = value
-        return type(self).plan
+            _Rank.plans[:] = [value]
+        return _Rank.plans[0]
+
+    def barrier(self) -> None:
+        pass
 
 
 def test_ranks_take_disjoint_whole_shards_of_rank_0s_plan(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -58,6 +65,40 @@ def test_ranks_that_see_different_images_stop_with_one_line() -> None:
     seen = [(3, "a"), (2, "b")]
     with pytest.raises(TransferlabError, match=r"rank 0: 3, rank 1: 2 distinct.*same DATA"):
         rank_share(["0" * 64], [0], _Rank(1, 2, fingerprints=seen))
+
+
+def test_a_killed_rank_loses_only_its_unfinished_shard(
+    tmp_path: Path, tiny_weights: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TRANSFERLAB_SHARD_SIZE", "2")
+    backbone = load_backbone(TINY_BACKBONE, tiny_weights, image_size=32)
+    paths = sorted(make_class_folder(tmp_path / "data", per_class=4).rglob("*.png"))  # 12 images
+    digests = [content_hash(path) for path in paths]
+    options: dict[str, Any] = {"precision": FP32, "workers": 0, "progress": False, "batch_size": 1}
+    root = tmp_path / "cache"
+    done = extract_features(
+        backbone, paths, digests, feature_cache(backbone, root, FP32), distributed=_Rank(0, 2), **options
+    )
+    assert done.computed == 6  # rank 0: shards 0 and 2 of its plan (2 images each) and shard 4
+    run = _Forward._run
+    computed: list[int] = []
+
+    def killed_during_its_second_shard(self: _Forward, chunk: torch.Tensor) -> dict[str, np.ndarray]:
+        if len(computed) == 3:
+            raise KeyboardInterrupt  # like a SIGKILL at its 4th image: the 3rd, computed, is never flushed
+        computed.append(len(chunk))
+        return run(self, chunk)
+
+    monkeypatch.setattr(_Forward, "_run", killed_during_its_second_shard)
+    with pytest.raises(KeyboardInterrupt):
+        extract_features(
+            backbone, paths, digests, feature_cache(backbone, root, FP32), distributed=_Rank(1, 2), **options
+        )
+    monkeypatch.setattr(_Forward, "_run", run)
+    again = extract_features(backbone, paths, digests, feature_cache(backbone, root, FP32), **options)  # a rerun
+    assert (again.cached, again.computed) == (6 + 2, 4)  # rank 1: its finished shard kept, its 3rd image lost
+    rows = [row for rows in _shard_rows(root).values() for row in rows]
+    assert len(rows) == len(set(rows)) == 12  # and nothing was computed twice
 
 
 def _torchrun(data: Path, weights: Path, cache: Path) -> subprocess.CompletedProcess:
