@@ -20,7 +20,7 @@ from transferlab.backbones import load_backbone
 from transferlab.config import RunConfig
 from transferlab.errors import TransferlabError
 from transferlab.features.cache import HASHES, content_hash
-from transferlab.features.extract import FP32, _Forward, extract_features, feature_cache, rank_share
+from transferlab.features.extract import FP32, _Forward, extract_features, feature_cache, plan_shards, rank_share
 from transferlab.prepare import prepare
 
 SHARD = 4
@@ -57,8 +57,14 @@ def test_ranks_take_disjoint_whole_shards_of_rank_0s_plan(monkeypatch: pytest.Mo
     todo = [i for i, d in enumerate(digests) if d not in {digests[0]} and digests.index(d) == i]  # 9 is cached
     shares = [rank_share(digests, todo, _Rank(rank, 2)) for rank in (0, 1)]  # rank 0 plans first
     computed = [[int(digests[i], 16) for i in share] for share in shares]
-    assert computed == [[0, 1, 2, 3, 8], [4, 5, 6, 7]]  # content-hash order, shards of 4: 0 and 2 | 1
+    assert computed == [[0, 1, 4, 5], [2, 3, 6, 7, 8]]  # content-hash order; 4 shards of <= 4: 0 and 2 | 1 and 3
     assert not set(shares[0]) & set(shares[1]) and len(shares[0]) + len(shares[1]) == len(todo)
+
+
+def test_shards_are_equal_between_ranks_and_never_past_the_shard_size(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TRANSFERLAB_SHARD_SIZE", raising=False)
+    sizes = {n: [len(shard) for shard in plan_shards([f"{i:064x}" for i in range(n)], 2)] for n in (0, 800, 1100)}
+    assert sizes == {0: [], 800: [400, 400], 1100: [275] * 4}  # shard_size() 512
 
 
 def test_ranks_that_see_different_images_stop_with_one_line() -> None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import time
 from collections.abc import Callable
@@ -282,7 +283,7 @@ def extract_features(
 
 def rank_share(digests: list[str], todo: list[int], distributed: Distributed) -> list[int]:
     """The positions in ``digests`` this rank computes: rank 0's uncached images in content-hash order, cut into
-    shards of :func:`shard_size`, shard ``i`` to rank ``i % world_size``.
+    shards (:func:`plan_shards`), shard ``i`` to rank ``i % world_size``.
 
     Rank 0's plan, broadcast, not each rank's own look at the cache: ranks that opened it a moment apart still agree,
     so no image is computed twice or by nobody. Shards are the unit, as on disk, so a rank that dies loses only the
@@ -298,8 +299,7 @@ def rank_share(digests: list[str], todo: list[int], distributed: Distributed) ->
             "(a shared or identical copy on every machine)"
         )
     plan: list[str] = distributed.broadcast(sorted(digests[i] for i in todo) if distributed.is_main else None)
-    per_shard = shard_size()
-    shards = [plan[start : start + per_shard] for start in range(0, len(plan), per_shard)]
+    shards = plan_shards(plan, distributed.world_size)
     mine = shards[distributed.rank :: distributed.world_size]
     position: dict[str, int] = {}
     for index, digest in enumerate(digests):
@@ -309,6 +309,14 @@ def rank_share(digests: list[str], todo: list[int], distributed: Distributed) ->
         f"images ({len(mine)} of {len(shards)} shards)"
     )
     return [position[digest] for shard in mine for digest in shard]
+
+
+def plan_shards(plan: list[str], ranks: int) -> list[list[str]]:
+    """``plan`` cut into a multiple of ``ranks`` shards of at most :func:`shard_size` images, equal to within one:
+    every rank gets the same share (800 images on 2 ranks: 400 each, not 512 and 288), and no rank loses more than
+    :func:`shard_size` images to a kill."""
+    count = ranks * math.ceil(len(plan) / (ranks * shard_size()))
+    return [plan[i * len(plan) // count : (i + 1) * len(plan) // count] for i in range(count)]
 
 
 def _compute(
