@@ -7,6 +7,7 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -69,7 +70,7 @@ def test_shards_are_equal_between_ranks_and_never_past_the_shard_size(monkeypatc
 
 def test_ranks_that_see_different_images_stop_with_one_line() -> None:
     seen = [(3, "a"), (2, "b")]
-    with pytest.raises(TransferlabError, match=r"rank 0: 3, rank 1: 2 distinct.*same DATA"):
+    with pytest.raises(TransferlabError, match=r"different images \(rank 0: 3, rank 1: 2\).*same DATA"):
         rank_share(["0" * 64], [0], _Rank(1, 2, fingerprints=seen))
 
 
@@ -105,6 +106,49 @@ def test_a_killed_rank_loses_only_its_unfinished_shard(
     assert (again.cached, again.computed) == (6 + 2, 4)  # rank 1: its finished shard kept, its 3rd image lost
     rows = [row for rows in _shard_rows(root).values() for row in rows]
     assert len(rows) == len(set(rows)) == 12  # and nothing was computed twice
+
+
+class _ThreadRank:
+    """One of ``world_size`` ranks running in threads of this process; ``gather`` really exchanges values."""
+
+    board: ClassVar[list[Any]] = []
+    meeting: ClassVar[threading.Barrier]
+
+    def __init__(self, rank: int, world_size: int) -> None:
+        self.rank, self.world_size, self.enabled, self.is_main = rank, world_size, True, rank == 0
+
+    def gather(self, value: Any) -> list[Any]:
+        self.board[self.rank] = value
+        self.meeting.wait()
+        gathered = list(self.board)
+        self.meeting.wait()
+        return gathered
+
+
+def test_each_file_is_hashed_by_one_rank_and_every_rank_gets_all_hashes(
+    class_folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import transferlab.prepare as prepare_module
+    from transferlab.data import load_dataset
+
+    dataset = load_dataset(str(class_folder))
+    alone = prepare_module.hash_files(dataset)
+    hashed: list[str] = []
+    real_hash = prepare_module.content_hash
+    monkeypatch.setattr(prepare_module, "content_hash", lambda path: hashed.append(str(path)) or real_hash(path))
+    _ThreadRank.board, _ThreadRank.meeting = [None, None], threading.Barrier(2)
+    results: list[Any] = [None, None]
+
+    def rank(number: int) -> None:
+        results[number] = prepare_module.hash_files(dataset, _ThreadRank(number, 2))
+
+    threads = [threading.Thread(target=rank, args=(number,)) for number in (0, 1)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert sorted(hashed) == sorted(str(dataset.absolute(i)) for i in range(len(dataset)))  # each file once
+    assert results[0] == results[1] == alone  # the same digests, in the same order, as one process
 
 
 def _torchrun(data: Path, weights: Path, cache: Path) -> subprocess.CompletedProcess:

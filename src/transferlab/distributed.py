@@ -14,6 +14,7 @@ files (checkpoints, records) or prints, so N processes never race on one path.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -137,6 +138,21 @@ class Distributed:
     def close(self) -> None:
         if self.enabled and dist.is_initialized():
             dist.destroy_process_group()
+
+
+def same_on_every_rank(distributed: Distributed, items: list[str], what: str) -> None:
+    """Stop every rank with the same one line when the ranks hold different ``items`` (DATA's file list, the
+    images' content hashes): work split by position or by hash would otherwise miss images or mix them up."""
+    if not distributed.enabled:
+        return
+    fingerprint = hashlib.sha256("\n".join(items).encode("utf-8", "surrogateescape")).hexdigest()
+    seen_by = distributed.gather((len(items), fingerprint))
+    if len({fingerprint for _, fingerprint in seen_by}) > 1:
+        counts = ", ".join(f"rank {rank}: {count}" for rank, (count, _) in enumerate(seen_by))
+        raise TransferlabError(
+            f"the ranks see different {what} ({counts}): every rank must read the same DATA (a shared or identical "
+            "copy on every machine)"
+        )
 
 
 def from_environment(device_type: str = "cpu") -> Distributed:

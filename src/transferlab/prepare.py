@@ -22,7 +22,7 @@ from transferlab.config import RunConfig
 from transferlab.data import ImageDataset, Problem, load_dataset, make_split, stratified_subset
 from transferlab.data.dataset import printable
 from transferlab.data.split import SPLITS, Split, split_digest
-from transferlab.distributed import Distributed
+from transferlab.distributed import Distributed, same_on_every_rank
 from transferlab.errors import TransferlabError
 from transferlab.features import FeatureCache, decide_precision, default_cache_dir, extract_features, feature_cache
 from transferlab.features.cache import content_hash
@@ -33,17 +33,24 @@ from transferlab.record import RunDir, environment, layout
 log = logging.getLogger(__name__)
 
 
-def hash_files(dataset: ImageDataset) -> tuple[list[str | None], list[Problem]]:
-    """Content hash per file; unreadable files (permissions, symlink loops, vanished) become problems."""
-    digests: list[str | None] = []
-    problems: list[Problem] = []
-    for index, relative in enumerate(dataset.paths):
+def hash_files(dataset: ImageDataset, distributed: Distributed | None = None) -> tuple[list[str | None], list[Problem]]:
+    """Content hash per file; unreadable files (permissions, symlink loops, vanished) become problems.
+
+    Under torchrun each rank hashes every ``world_size``-th file and the ranks exchange the results, so a job reads
+    each file once to hash it, not once per rank (with 8 ranks, hashing a million files would otherwise cost more
+    than extracting them). Ranks that list DATA differently stop with one line, all of them."""
+    distributed = distributed or Distributed()
+    same_on_every_rank(distributed, list(dataset.paths), "files")
+    mine: dict[int, str | Problem] = {}
+    for index in range(distributed.rank, len(dataset), distributed.world_size):
         try:
-            digests.append(content_hash(dataset.absolute(index)))
+            mine[index] = content_hash(dataset.absolute(index))
         except OSError as error:
-            digests.append(None)
-            problems.append(Problem(relative, f"unreadable ({error.strerror or error})"))
-    return digests, problems
+            mine[index] = Problem(dataset.paths[index], f"unreadable ({error.strerror or error})")
+    found = {index: result for part in distributed.gather(mine) for index, result in part.items()}
+    results = [found[index] for index in range(len(dataset))]
+    digests = [None if isinstance(result, Problem) else result for result in results]
+    return digests, [result for result in results if isinstance(result, Problem)]
 
 
 def _ensure_trainable(dataset: ImageDataset) -> None:
@@ -221,7 +228,7 @@ def prepare(
     if config.test:
         dataset = dataset.joined(load_dataset(config.test, label_sep=config.label_sep))
     problems = list(dataset.problems)
-    digests, unreadable = hash_files(dataset)
+    digests, unreadable = hash_files(dataset, distributed)
     problems += unreadable
     test_hashes = {digest: dataset.paths[i] for i, digest in enumerate(digests) if i >= n_given and digest}
     readable = []

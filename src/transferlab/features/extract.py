@@ -33,7 +33,7 @@ from tqdm import tqdm
 from transferlab import devices
 from transferlab.backbones.model import Backbone
 from transferlab.data.images import ImageLoadError, load_image
-from transferlab.distributed import Distributed
+from transferlab.distributed import Distributed, same_on_every_rank
 from transferlab.errors import OutOfTime, TransferlabError
 from transferlab.features.cache import FeatureCache
 from transferlab.fileio import read_json, write_json
@@ -290,14 +290,7 @@ def rank_share(digests: list[str], todo: list[int], distributed: Distributed) ->
     shard it was computing, and a rerun (or torchrun's restart) plans just the missing images again. Ranks that see
     different images (a folder not shared between machines) stop with one line, all of them, instead of hanging.
     """
-    unique = sorted(set(digests))
-    seen_by = distributed.gather((len(unique), hashlib.sha256("".join(unique).encode()).hexdigest()))
-    if len({fingerprint for _, fingerprint in seen_by}) > 1:
-        counts = ", ".join(f"rank {rank}: {count}" for rank, (count, _) in enumerate(seen_by))
-        raise TransferlabError(
-            f"the ranks see different images ({counts} distinct): every rank must read the same DATA "
-            "(a shared or identical copy on every machine)"
-        )
+    same_on_every_rank(distributed, sorted(set(digests)), "images")
     plan: list[str] = distributed.broadcast(sorted(digests[i] for i in todo) if distributed.is_main else None)
     shards = plan_shards(plan, distributed.world_size)
     mine = shards[distributed.rank :: distributed.world_size]
