@@ -5,9 +5,11 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -151,16 +153,36 @@ def test_each_file_is_hashed_by_one_rank_and_every_rank_gets_all_hashes(
     assert results[0] == results[1] == alone  # the same digests, in the same order, as one process
 
 
-def _torchrun(data: Path, weights: Path, cache: Path) -> subprocess.CompletedProcess:
+def _torchrun_args(data: Path, weights: Path, cache: Path, batch_size: int = SHARD) -> dict[str, Any]:
+    """``subprocess`` arguments for ``torchrun --nproc_per_node 2 -m transferlab extract DATA`` on the tiny backbone."""
     command = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
         "-m", "transferlab", "extract", str(data), "--backbone", TINY_BACKBONE, "--weights", str(weights),
-        "--image-size", str(TINY_SIZE), "--workers", "0", "--batch-size", str(SHARD), "--device", "cpu",
+        "--image-size", str(TINY_SIZE), "--workers", "0", "--batch-size", str(batch_size), "--device", "cpu",
         "--cache-dir", str(cache), "--no-progress",
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TRANSFERLAB_SHARD_SIZE": str(SHARD)}
     env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parents[1] / "src"), env.get("PYTHONPATH", "")])
-    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=240, check=False)
+    return {"args": command, "env": env, "text": True}
+
+
+def _torchrun(data: Path, weights: Path, cache: Path, batch_size: int = SHARD) -> subprocess.CompletedProcess:
+    arguments = _torchrun_args(data, weights, cache, batch_size)
+    return subprocess.run(**arguments, capture_output=True, timeout=240, check=False)
+
+
+def _worker_of_rank(launcher: int, rank: int) -> int | None:
+    """The pid of the torchrun worker with ``RANK=rank`` among ``launcher``'s children, if it is running yet."""
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            fields = dict(line.split(":\t", 1) for line in status.read_text().splitlines() if ":\t" in line)
+            if int(fields["PPid"]) == launcher:
+                environ = (status.parent / "environ").read_bytes().split(b"\0")
+                if f"RANK={rank}".encode() in environ:
+                    return int(status.parent.name)
+        except (OSError, KeyError, ValueError):  # a process that ended meanwhile
+            continue
+    return None
 
 
 def _shard_rows(cache: Path) -> dict[str, list[str]]:
@@ -231,3 +253,32 @@ def test_extract_fills_the_cache_so_a_following_run_extracts_nothing(
     assert "features: 0 computed, 36 from cache" in capsys.readouterr().out
     with pytest.raises(SystemExit):  # extract writes no run directory, so it takes no --name
         main(["extract", *options, "--name", "x"])
+
+
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="finds the rank's process through /proc")
+def test_sigkill_of_one_torchrun_rank_keeps_finished_shards_and_a_rerun_completes(
+    tmp_path: Path, tiny_weights: Path
+) -> None:
+    data = make_class_folder(tmp_path / "data", per_class=40, size=16)  # 120 images, batch 1: slow enough to catch
+    cache = tmp_path / "cache"
+    launcher = subprocess.Popen(
+        **_torchrun_args(data, tiny_weights, cache, batch_size=1), stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    deadline, victim = time.monotonic() + 120, None
+    while launcher.poll() is None and time.monotonic() < deadline:
+        victim = victim or _worker_of_rank(launcher.pid, 1)
+        if victim and _shard_rows(cache):
+            os.kill(victim, signal.SIGKILL)
+            break
+        time.sleep(0.005)
+    launcher.communicate(timeout=120)
+    assert launcher.returncode != 0, "rank 1 must be killed before the job finishes"
+    finished = [row for rows in _shard_rows(cache).values() for row in rows]
+    assert SHARD <= len(finished) < 120 and len(finished) == len(set(finished))
+
+    done = _torchrun(data, tiny_weights, cache, batch_size=1)
+    assert done.returncode == 0, done.stderr[-3000:]
+    counts = re.search(r"features: (\d+) computed \(rank 0: \d+, rank 1: \d+\), (\d+) from cache", done.stdout)
+    assert counts and tuple(map(int, counts.groups())) == (120 - len(finished), len(finished)), done.stdout
+    rows = [row for rows in _shard_rows(cache).values() for row in rows]
+    assert len(rows) == len(set(rows)) == 120  # the killed job's shards reused, none computed twice
