@@ -18,6 +18,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "transferlab"
 FOUNDATION = (
     "errors",
     "fileio",
+    "distributed",
     "data",
     "metrics",
     "heads",

@@ -160,3 +160,34 @@ def test_bf16_training_features_with_fp32_validation_and_test(
         np.testing.assert_array_equal(ours[split_name], reference[split_name])
     assert not np.array_equal(ours["train"], reference["train"])  # bf16 rounding
     np.testing.assert_allclose(ours["train"], reference["train"], rtol=0.1, atol=0.1)
+
+
+def test_each_image_gets_one_forward_pass_per_precision_it_is_used_at(
+    tmp_path: Path, tiny_weights: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """10 images: training rows in bf16 only, validation and test in fp32 only, pooled and spatial maps alike; a
+    second run runs the network on none of them."""
+    from transferlab.features.extract import _Forward
+
+    passes: list[tuple[str, int]] = []
+    run = _Forward._run
+    monkeypatch.setattr(
+        _Forward, "_run", lambda self, chunk: passes.append((self.precision, len(chunk))) or run(self, chunk)
+    )
+    data = make_class_folder(tmp_path / "data", per_class=5, classes=("red", "green"))
+    config = RunConfig(str(data), TINY_BACKBONE, str(tiny_weights), image_size=TINY_SIZE, workers=0, device="cpu")
+
+    def images_by_precision() -> dict[str, int]:
+        counts = {name: sum(n for p, n in passes if p == name) for name in ("bf16", "fp32")}
+        passes.clear()
+        return counts
+
+    prepared = prepare(config, cache_dir=tmp_path / "cache", progress=False)
+    held = len(prepared.split.indices("val")) + len(prepared.split.indices("test"))
+    assert prepared.extraction.precision == "bf16" and len(prepared.hashes) == 10 and 0 < held < 10
+    assert images_by_precision() == {"bf16": 10 - held, "fp32": held}  # 10 forward passes, not 10 + held
+    prepared.maps()
+    assert images_by_precision() == {"bf16": 10 - held, "fp32": held}  # the maps' one extra pass, the same way
+    again = prepare(config, cache_dir=tmp_path / "cache", progress=False)
+    again.maps()
+    assert images_by_precision() == {"bf16": 0, "fp32": 0}

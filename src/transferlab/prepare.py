@@ -22,27 +22,35 @@ from transferlab.config import RunConfig
 from transferlab.data import ImageDataset, Problem, load_dataset, make_split, stratified_subset
 from transferlab.data.dataset import printable
 from transferlab.data.split import SPLITS, Split, split_digest
+from transferlab.distributed import Distributed, same_on_every_rank
 from transferlab.errors import TransferlabError
 from transferlab.features import FeatureCache, decide_precision, default_cache_dir, extract_features, feature_cache
 from transferlab.features.cache import content_hash
-from transferlab.features.extract import FP32, ExtractionReport, HeldOut, extract_held_out, load_features
+from transferlab.features.extract import ExtractionReport, HeldOut, extract_held_out, extract_split, load_features
 from transferlab.features.maps import MAP, MAP_SIZE, MapView, map_cache
 from transferlab.record import RunDir, environment, layout
 
 log = logging.getLogger(__name__)
 
 
-def hash_files(dataset: ImageDataset) -> tuple[list[str | None], list[Problem]]:
-    """Content hash per file; unreadable files (permissions, symlink loops, vanished) become problems."""
-    digests: list[str | None] = []
-    problems: list[Problem] = []
-    for index, relative in enumerate(dataset.paths):
+def hash_files(dataset: ImageDataset, distributed: Distributed | None = None) -> tuple[list[str | None], list[Problem]]:
+    """Content hash per file; unreadable files (permissions, symlink loops, vanished) become problems.
+
+    Under torchrun each rank hashes every ``world_size``-th file and the ranks exchange the results, so a job reads
+    each file once to hash it, not once per rank (with 8 ranks, hashing a million files would otherwise cost more
+    than extracting them). Ranks that list DATA differently stop with one line, all of them."""
+    distributed = distributed or Distributed()
+    same_on_every_rank(distributed, list(dataset.paths), "files")
+    mine: dict[int, str | Problem] = {}
+    for index in range(distributed.rank, len(dataset), distributed.world_size):
         try:
-            digests.append(content_hash(dataset.absolute(index)))
+            mine[index] = content_hash(dataset.absolute(index))
         except OSError as error:
-            digests.append(None)
-            problems.append(Problem(relative, f"unreadable ({error.strerror or error})"))
-    return digests, problems
+            mine[index] = Problem(dataset.paths[index], f"unreadable ({error.strerror or error})")
+    found = {index: result for part in distributed.gather(mine) for index, result in part.items()}
+    results = [found[index] for index in range(len(dataset))]
+    digests = [None if isinstance(result, Problem) else result for result in results]
+    return digests, [result for result in results if isinstance(result, Problem)]
 
 
 def _ensure_trainable(dataset: ImageDataset) -> None:
@@ -159,27 +167,31 @@ class PreparedData:
         precision = self.extraction.precision_used
         paths = [self.dataset.absolute(i) for i in range(len(self.dataset))]
         view = MapView(self.backbone, name, size)
+        open_cache = lambda chosen: map_cache(self.backbone, root, name, chosen, size)  # noqa: E731
+        held = self.split.held_out_rows()
         options = self.extraction_options(progress)
-        cache = map_cache(self.backbone, root, name, precision, size)
-        extract_features(view, paths, self.hashes, cache, precision=precision, **options)
-        held_out = extract_held_out(
-            view,
-            paths,
-            self.hashes,
-            self.split.held_out_rows(),
-            lambda chosen: map_cache(self.backbone, root, name, chosen, size),
-            precision,
-            **options,
-        )
+        cache, _, held_out = extract_split(view, paths, self.hashes, held, open_cache, precision, **options)
         matrix = load_features(cache, held_out, self.hashes, MAP)
         return {s: matrix[self.split.indices(s)] for s in SPLITS}
 
 
+def images_computed(extraction: dict[str, Any]) -> tuple[int, int]:
+    """(computed, from cache) over both precisions in :meth:`PreparedData.extraction_record` (a run's
+    ``extraction``): each image counts once, at the precision it is used at."""
+    held_out = extraction["held_out_fp32"] or {"images": 0, "computed": 0}  # validation + test, in fp32
+    computed = extraction["computed"] + held_out["computed"]
+    return computed, extraction["cached"] + held_out["images"] - held_out["computed"]
+
+
 def _extraction_options(
-    config: RunConfig, device: torch.device, progress: bool, deadline: float | None = None
+    config: RunConfig,
+    device: torch.device,
+    progress: bool,
+    deadline: float | None = None,
+    distributed: Distributed | None = None,
 ) -> dict[str, Any]:
     options = {"device": device, "batch_size": config.batch_size, "workers": config.workers, "progress": progress}
-    return options | ({} if deadline is None else {"deadline": deadline})
+    return options | ({} if deadline is None else {"deadline": deadline}) | {"distributed": distributed}
 
 
 def prepare(
@@ -188,11 +200,19 @@ def prepare(
     cache_dir: str | Path | None = None,
     progress: bool = True,
     deadline: float | None = None,
+    distributed: Distributed | None = None,
 ) -> PreparedData:
     """Index the data, load the backbone, extract (or reuse) features and split; skipped inputs are logged.
 
-    ``deadline`` (``time.monotonic``): a planned run's time box; extraction past it raises ``OutOfTime``."""
+    ``deadline`` (``time.monotonic``): a planned run's time box; extraction past it raises ``OutOfTime``.
+    ``distributed`` (a torchrun job; every rank calls this): each rank extracts its share of the uncached images
+    (on its own GPU under CUDA), rank 0 chooses the precision for all, and every rank returns the same data. Index
+    problems are logged by rank 0 and each undecodable image by the rank that met it; all ranks' are in
+    ``problems``."""
+    distributed = distributed or Distributed()
     device = devices.resolve_device(config.device)  # an absent device fails here, before any work
+    if distributed.enabled and device.type == "cuda":
+        device = distributed.device  # one GPU per local rank
     dataset = load_dataset(config.data, label_sep=config.label_sep, group_column=config.groups)
     backbone = load_backbone(
         config.backbone,
@@ -208,7 +228,7 @@ def prepare(
     if config.test:
         dataset = dataset.joined(load_dataset(config.test, label_sep=config.label_sep))
     problems = list(dataset.problems)
-    digests, unreadable = hash_files(dataset)
+    digests, unreadable = hash_files(dataset, distributed)
     problems += unreadable
     test_hashes = {digest: dataset.paths[i] for i, digest in enumerate(digests) if i >= n_given and digest}
     readable = []
@@ -224,29 +244,29 @@ def prepare(
     root = Path(cache_dir) if cache_dir else default_cache_dir()
     paths = [dataset.absolute(i) for i in range(len(dataset))]
     backbone.model.to(device)
-    precision = decide_precision(backbone, paths, hashes, root, device)
-    cache = feature_cache(backbone, root, precision)
+    precision = distributed.broadcast(  # one precision, so one cache, for all ranks
+        decide_precision(backbone, paths, hashes, root, device) if distributed.is_main else None
+    )
     split_options = {
         "seed": config.seed,
         "val_fraction": config.val_fraction,
         "test_fraction": config.test_fraction,
     }
-    options = _extraction_options(config, device, progress, deadline)
+    options = _extraction_options(config, device, progress, deadline, distributed)
     open_cache = lambda chosen: feature_cache(backbone, root, chosen)  # noqa: E731
     # One pass per image at the precision it is used at: the split is planned on the readable images first, so
     # validation and test images (scored in fp32, as deployment runs) are not also extracted in bf16.
     planned = make_split(dataset.y, hashes, **split_options, groups=dataset.groups, test_rows=is_test)
-    held = planned.held_out_rows() if precision.name != FP32.name else np.zeros(0, dtype=np.int64)
-    rest = np.setdiff1d(np.arange(len(dataset)), held)
-    extraction = extract_features(
-        backbone, [paths[i] for i in rest], [hashes[i] for i in rest], cache, precision=precision, **options
+    cache, extraction, first_held_out = extract_split(
+        backbone, paths, hashes, planned.held_out_rows(), open_cache, precision, **options
     )
-    first_held_out = extract_held_out(backbone, paths, hashes, held, open_cache, precision, **options)
-    failed = {**extraction.failed, **(first_held_out.report.failed if first_held_out else {})}
-    problems += [Problem(str(Path(path).relative_to(dataset.root)), reason) for path, reason in failed.items()]
-    for problem in problems:
-        log.warning(str(problem))
-    if problems:
+    met = {**extraction.failed, **(first_held_out.report.failed if first_held_out else {})}  # by this rank
+    failed = {path: reason for part in distributed.gather(met) for path, reason in part.items()}
+    undecodable = {path: Problem(str(Path(path).relative_to(dataset.root)), reason) for path, reason in failed.items()}
+    for problem in (problems if distributed.is_main else []) + [undecodable[path] for path in met]:
+        log.warning(str(problem))  # each named once: index problems by rank 0, a bad image by the rank that met it
+    problems += undecodable.values()
+    if problems and distributed.is_main:
         log.warning(f"{len(problems)} input(s) skipped")
 
     fp32_cache = first_held_out.cache if first_held_out else None

@@ -8,6 +8,7 @@ COMMAND_MODULES = (
     "search",
     "backbones",
     "info",
+    "extract",
     "rank",
     "export",
     "predict",

@@ -141,9 +141,9 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 def handle(args: argparse.Namespace) -> None:
     from transferlab.devices import resolve_device
+    from transferlab.distributed import from_environment
     from transferlab.finetune import finetune
     from transferlab.finetune.depth_search import search_unfreeze
-    from transferlab.finetune.distributed import from_environment
     from transferlab.finetune.variants import finetune_folds, finetune_from_scratch
     from transferlab.prepare import prepare
     from transferlab.record import RunDir
@@ -160,7 +160,8 @@ def handle(args: argparse.Namespace) -> None:
     if not distributed.is_main:  # one voice under torchrun: rank 0's
         logging.getLogger("transferlab").setLevel(logging.WARNING)
     config = run_config(args, finetune=options.result_affecting())
-    prepared = prepare(config, cache_dir=args.cache_dir, progress=not args.no_progress and distributed.is_main)
+    progress = not args.no_progress and distributed.is_main
+    prepared = prepare(config, cache_dir=args.cache_dir, progress=progress, distributed=distributed)  # ranks share it
     name = distributed.broadcast(args.name or default_run_name(Path(config.data)))  # one directory for all ranks
     run_dir = RunDir(Path(args.runs_dir), name)
     if distributed.is_main:

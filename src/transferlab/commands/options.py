@@ -44,7 +44,8 @@ def add_data_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--label-sep", help="separator inside a 'labels' cell (default: ';' or '|', else spaces)")
 
 
-def add_run_options(parser: argparse.ArgumentParser) -> None:
+def add_run_options(parser: argparse.ArgumentParser, *, run_directory: bool = True) -> None:
+    """What a run computes on; ``run_directory=False`` for commands that only fill the cache (no --runs-dir/--name)."""
     add_data_options(parser)
     parser.add_argument("--backbone", default=DEFAULT_BACKBONE, help=f"timm model name (default: {DEFAULT_BACKBONE})")
     parser.add_argument("--weights", help="local weights file (.safetensors, or .pth loaded with weights_only=True)")
@@ -82,8 +83,9 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--val-fraction", type=float, default=0.15)
     parser.add_argument("--test-fraction", type=float, default=0.15, help="unused with --test (default 0.15)")
     add_device_options(parser)
-    parser.add_argument("--runs-dir", default="runs", help="where run directories go (default ./runs)")
-    parser.add_argument("--name", help="run name (default: <data>-<UTC time>)")
+    if run_directory:
+        parser.add_argument("--runs-dir", default="runs", help="where run directories go (default ./runs)")
+        parser.add_argument("--name", help="run name (default: <data>-<UTC time>)")
     parser.add_argument("--cache-dir", help="feature cache (default $TRANSFERLAB_CACHE or ~/.cache/transferlab)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
 

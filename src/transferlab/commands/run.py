@@ -76,12 +76,11 @@ def stage_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 def handle(args: argparse.Namespace) -> None:
     from transferlab.advice import format_advice
     from transferlab.pipeline import run
+    from transferlab.prepare import images_computed
 
     result = run(run_config(args, **stage_kwargs(args)), **output_kwargs(args))
     extraction = result.extraction
-    held_out = extraction["held_out_fp32"] or {"images": 0, "computed": 0}  # validation + test, in fp32
-    computed = extraction["computed"] + held_out["computed"]
-    cached = extraction["cached"] + held_out["images"] - held_out["computed"]
+    computed, cached = images_computed(extraction)
     speed = f", {extraction['images_per_second']:.1f} img/s" if extraction["images_per_second"] else ""
     print(f"features: {computed} computed, {cached} from cache{speed}")
     print(result.summary())

@@ -8,6 +8,9 @@ uncached, and the decision is part of the cache key: the same images, backbone a
 precision, and features of two precisions never mix in one cache. Images that cannot be decoded are reported by
 name and reason and left out; a batch that runs out of device memory is split in halves (said once), so finished
 shards are never lost; nothing else stops.
+
+Under ``torchrun`` the ranks share the work by cache shard (:func:`rank_share`): each computes a disjoint part of the
+uncached images into the shared cache and all meet at a barrier, so every image is computed once across ranks.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import time
 from collections.abc import Callable
@@ -29,6 +33,7 @@ from tqdm import tqdm
 from transferlab import devices
 from transferlab.backbones.model import Backbone
 from transferlab.data.images import ImageLoadError, load_image
+from transferlab.distributed import Distributed, same_on_every_rank
 from transferlab.errors import OutOfTime, TransferlabError
 from transferlab.features.cache import FeatureCache
 from transferlab.fileio import read_json, write_json
@@ -243,12 +248,18 @@ def extract_features(
     workers: int | None = None,
     progress: bool = True,
     deadline: float | None = None,
+    distributed: Distributed | None = None,
 ) -> ExtractionReport:
     """Compute and cache features for every image whose content hash is not cached yet.
 
     ``precision`` (from :func:`decide_precision`) must be the one ``cache`` is keyed by; ``batch_size`` and
     ``workers`` default to what suits ``device`` (``transferlab.devices``). Past ``deadline`` (``time.monotonic``)
-    it stops with :class:`OutOfTime` after caching what it computed, so a rerun continues from there.
+    it stops with :class:`OutOfTime` after caching what it computed, so a rerun continues from there (a planned
+    run's time box: not for ranks, which would wait for the one that stopped).
+
+    With ``distributed`` (a torchrun job) every rank must call this with the same images: it computes only its
+    share (:func:`rank_share`), waits for the other ranks and re-reads the cache, so on return ``cache`` holds
+    every image that could be decoded, on every rank. The report counts this rank's images and failures only.
     """
     batch_size = batch_size or devices.default_batch_size(device)
     report = ExtractionReport(
@@ -258,8 +269,65 @@ def extract_features(
     seen: dict[str, int] = {}
     todo = [i for i in todo if seen.setdefault(digests[i], i) == i]
     report.cached = sum(digest in cache for digest in digests)
-    if not todo:
-        return report
+    shared = distributed is not None and distributed.enabled
+    if shared:
+        todo = rank_share(digests, todo, distributed)
+    if todo:
+        options = {"workers": workers, "progress": progress, "deadline": deadline}
+        _compute(backbone, paths, digests, todo, cache, report, device=device, batch_size=batch_size, **options)
+    if shared:
+        distributed.barrier()  # every rank's shards are on disk (renamed into place) past this line
+        cache.refresh()
+    return report
+
+
+def rank_share(digests: list[str], todo: list[int], distributed: Distributed) -> list[int]:
+    """The positions in ``digests`` this rank computes: rank 0's uncached images in content-hash order, cut into
+    shards (:func:`plan_shards`), shard ``i`` to rank ``i % world_size``.
+
+    Rank 0's plan, broadcast, not each rank's own look at the cache: ranks that opened it a moment apart still agree,
+    so no image is computed twice or by nobody. Shards are the unit, as on disk, so a rank that dies loses only the
+    shard it was computing, and a rerun (or torchrun's restart) plans just the missing images again. Ranks that see
+    different images (a folder not shared between machines) stop with one line, all of them, instead of hanging.
+    """
+    same_on_every_rank(distributed, sorted(set(digests)), "images")
+    plan: list[str] = distributed.broadcast(sorted(digests[i] for i in todo) if distributed.is_main else None)
+    shards = plan_shards(plan, distributed.world_size)
+    mine = shards[distributed.rank :: distributed.world_size]
+    position: dict[str, int] = {}
+    for index, digest in enumerate(digests):
+        position.setdefault(digest, index)
+    log.info(
+        f"rank {distributed.rank} of {distributed.world_size}: {sum(map(len, mine))} of {len(plan)} uncached "
+        f"images ({len(mine)} of {len(shards)} shards)"
+    )
+    return [position[digest] for shard in mine for digest in shard]
+
+
+def plan_shards(plan: list[str], ranks: int) -> list[list[str]]:
+    """``plan`` cut into a multiple of ``ranks`` shards of at most :func:`shard_size` images, equal to within one:
+    every rank gets the same share (800 images on 2 ranks: 400 each, not 512 and 288), and no rank loses more than
+    :func:`shard_size` images to a kill."""
+    count = ranks * math.ceil(len(plan) / (ranks * shard_size()))
+    return [plan[i * len(plan) // count : (i + 1) * len(plan) // count] for i in range(count)]
+
+
+def _compute(
+    backbone: Backbone,
+    paths: list[Path],
+    digests: list[str],
+    todo: list[int],
+    cache: FeatureCache,
+    report: ExtractionReport,
+    *,
+    device: torch.device,
+    batch_size: int,
+    workers: int | None,
+    progress: bool,
+    deadline: float | None,
+) -> None:
+    """Run the network over ``todo`` (positions in ``paths``), write a shard every :func:`shard_size` images, and
+    fill in ``report``: images computed and failed, seconds and the batch size that fitted."""
     workers = devices.decode_workers(device) if workers is None else workers
     loader = DataLoader(
         ImageFiles([paths[i] for i in todo], backbone.transform()),
@@ -269,7 +337,7 @@ def extract_features(
         **devices.loader_options(device),
     )
     model = backbone.model.to(device, memory_format=torch.channels_last)
-    forward = _Forward(backbone, device, precision.name, batch_size)
+    forward = _Forward(backbone, device, report.precision, batch_size)
     pending_digests: list[str] = []
     pending: dict[str, list[np.ndarray]] = {}
     failed_digests: dict[str, str] = {}
@@ -297,7 +365,6 @@ def extract_features(
     # Every copy of an undecodable file is reported, not only the one that was decoded.
     report.failed = {str(p): failed_digests[d] for p, d in zip(paths, digests, strict=True) if d in failed_digests}
     report.seconds = time.perf_counter() - start
-    return report
 
 
 @dataclass
@@ -332,6 +399,27 @@ def extract_held_out(
         backbone, [paths[i] for i in picked], [digests[i] for i in picked], cache, precision=FP32, **options
     )
     return HeldOut(cache, rows, report)
+
+
+def extract_split(
+    backbone: Backbone,
+    paths: list[Path],
+    digests: list[str],
+    held_rows: np.ndarray,
+    open_cache: Callable[[Precision], FeatureCache],
+    precision: Precision,
+    **options: object,
+) -> tuple[FeatureCache, ExtractionReport, HeldOut | None]:
+    """One forward pass per image at the precision it is scored with: ``held_rows`` (validation + test) only in
+    fp32 (:func:`extract_held_out`), every other image only at ``precision``; returns ``precision``'s cache, its
+    report and the held-out part for :func:`load_features`."""
+    cache = open_cache(precision)
+    held = held_rows if precision.name != FP32.name else np.zeros(0, dtype=np.int64)
+    rest = np.setdiff1d(np.arange(len(digests)), held)
+    report = extract_features(
+        backbone, [paths[i] for i in rest], [digests[i] for i in rest], cache, precision=precision, **options
+    )
+    return cache, report, extract_held_out(backbone, paths, digests, held, open_cache, precision, **options)
 
 
 def load_features(cache: FeatureCache, held_out: HeldOut | None, digests: list[str], name: str) -> np.ndarray:

@@ -22,11 +22,11 @@ from torch.optim.lr_scheduler import LambdaLR
 from torch.utils.data import DataLoader
 
 from transferlab import devices
+from transferlab.distributed import Distributed
 from transferlab.errors import TransferlabError
 from transferlab.finetune.batchnorm import BN_POLICY, hold_statistics, recalibrate, set_trainable
 from transferlab.finetune.blocks import Unit
 from transferlab.finetune.checkpoint import Checkpointer, rng_state, set_rng_state, unprefixed
-from transferlab.finetune.distributed import Distributed
 from transferlab.finetune.network import FinetuneNet
 from transferlab.finetune.options import FinetuneOptions
 from transferlab.metrics import classification_metrics, headline, probabilities

@@ -20,6 +20,7 @@ import numpy as np
 from safetensors.torch import save
 
 from transferlab.data.split import split_digest
+from transferlab.distributed import Distributed, from_environment
 from transferlab.errors import TransferlabError
 from transferlab.fileio import atomic_write_bytes, write_json
 from transferlab.finetune.augment import save_preview
@@ -27,7 +28,6 @@ from transferlab.finetune.batchnorm import BN_STATS, set_trainable
 from transferlab.finetune.blocks import Unit, parse_unfreeze
 from transferlab.finetune.boundary import cached_boundary
 from transferlab.finetune.checkpoint import load_checkpoint
-from transferlab.finetune.distributed import Distributed, from_environment
 from transferlab.finetune.engine import StagePlan, Trainer
 from transferlab.finetune.network import FinetuneNet, init_from_probe, is_linear_head
 from transferlab.finetune.options import FinetuneOptions

@@ -23,9 +23,9 @@ import torch
 from sklearn.model_selection import StratifiedGroupKFold
 
 from transferlab.data.split import Split, make_split, strata
+from transferlab.distributed import Distributed, from_environment
 from transferlab.errors import TransferlabError
 from transferlab.fileio import read_json, write_json
-from transferlab.finetune.distributed import Distributed, from_environment
 from transferlab.finetune.options import FinetuneOptions
 from transferlab.finetune.run import FinetuneOutcome, finetune
 from transferlab.metrics import headline

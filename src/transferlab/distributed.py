@@ -1,16 +1,20 @@
-"""Data-parallel fine-tuning under ``torchrun --nproc_per_node N``: one process per device, one writer.
+"""One process per device under ``torchrun --nproc_per_node N``: data-parallel fine-tuning, sharded extraction.
 
 torchrun sets ``RANK``/``WORLD_SIZE``/``LOCAL_RANK``/``MASTER_ADDR``/``MASTER_PORT``; without them everything here
-is a no-op and the engine runs as a single process. With them: gloo on CPU, nccl on GPUs; the model is wrapped in
-DDP (gradients averaged every step, so the effective batch is N × --batch-size and all ranks keep identical
-weights); each rank trains on its own shard through a ``DistributedSampler`` reseeded every epoch; training loss
-and metric are reduced over ranks; BatchNorm buffers are synced from rank 0 after each epoch, so every rank scores
-the full validation split identically and takes the same early-stopping and LR-restart decisions; and only rank 0
-writes files (checkpoints, records) or prints, so N processes never race on one path.
+is a no-op and every command runs as a single process. With them: gloo on CPU, nccl on GPUs.
+
+Feature extraction (``transferlab extract``, and the front half of ``finetune``) splits the uncached images between
+the ranks by cache shard and meets at a barrier (``features.extract``). Fine-tuning wraps the model in DDP
+(gradients averaged every step, so the effective batch is N × --batch-size and all ranks keep identical weights);
+each rank trains on its own shard through a ``DistributedSampler`` reseeded every epoch; training loss and metric
+are reduced over ranks; BatchNorm buffers are synced from rank 0 after each epoch, so every rank scores the full
+validation split identically and takes the same early-stopping and LR-restart decisions; and only rank 0 writes
+files (checkpoints, records) or prints, so N processes never race on one path.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -100,11 +104,20 @@ class Distributed:
 
     def concat(self, rows: np.ndarray) -> np.ndarray:
         """All ranks' rows (e.g. training predictions), concatenated in rank order."""
+        return rows if not self.enabled else np.concatenate(self.gather(rows))
+
+    def gather(self, value: Any) -> list[Any]:
+        """Every rank's ``value`` (any picklable object), in rank order, on every rank."""
         if not self.enabled:
-            return rows
+            return [value]
         gathered: list[Any] = [None] * self.world_size
-        dist.all_gather_object(gathered, rows)
-        return np.concatenate(gathered)
+        dist.all_gather_object(gathered, value)
+        return gathered
+
+    def barrier(self) -> None:
+        """Wait until every rank gets here (e.g. until all have written their shards of the feature cache)."""
+        if self.enabled:
+            dist.barrier()
 
     def broadcast(self, value: Any) -> Any:
         """Rank 0's ``value`` on every rank (e.g. a run name containing the time)."""
@@ -125,6 +138,21 @@ class Distributed:
     def close(self) -> None:
         if self.enabled and dist.is_initialized():
             dist.destroy_process_group()
+
+
+def same_on_every_rank(distributed: Distributed, items: list[str], what: str) -> None:
+    """Stop every rank with the same one line when the ranks hold different ``items`` (DATA's file list, the
+    images' content hashes): work split by position or by hash would otherwise miss images or mix them up."""
+    if not distributed.enabled:
+        return
+    fingerprint = hashlib.sha256("\n".join(items).encode("utf-8", "surrogateescape")).hexdigest()
+    seen_by = distributed.gather((len(items), fingerprint))
+    if len({fingerprint for _, fingerprint in seen_by}) > 1:
+        counts = ", ".join(f"rank {rank}: {count}" for rank, (count, _) in enumerate(seen_by))
+        raise TransferlabError(
+            f"the ranks see different {what} ({counts}): every rank must read the same DATA (a shared or identical "
+            "copy on every machine)"
+        )
 
 
 def from_environment(device_type: str = "cpu") -> Distributed:
