@@ -1,0 +1,111 @@
+"""Every backbone family the seeds use, first-class: ResNet, VGG, Inception, EfficientNet, ConvNeXt and ViT.
+
+Each family is a random-initialised timm model saved as a local ``.safetensors`` file (what a user brings with
+``--weights``), run at a small input size: its cut points resolve, its features have the advertised shape, and a
+whole run (extraction + probe) works. A ViT at an off-size runs (dynamic position embeddings) or says why in one line.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+from conftest import make_class_folder, run_with
+from safetensors.torch import save_file
+
+from transferlab.backbones import load_backbone
+from transferlab.backbones.cut import HEAD, cut_maps, stage_index
+from transferlab.cli import main
+from transferlab.errors import TransferlabError
+
+FAMILIES = {
+    # name: input size the tests run it at (small, but above each network's minimum)
+    "resnet10t": 64,
+    "vgg11": 64,
+    "inception_v3": 96,
+    "efficientnet_b0": 64,
+    "convnext_atto": 64,
+    "vit_tiny_patch16_224": 64,
+}
+VIT = "vit_tiny_patch16_224"
+
+
+def save_random_weights(name: str, path: Path) -> Path:
+    """Seeded random weights for ``name`` as safetensors (float16 halves the file: VGG's is 0.5 GB in float32)."""
+    torch.manual_seed(0)
+    model = timm.create_model(name, pretrained=False)
+    save_file({k: v.detach().half().contiguous() for k, v in model.state_dict().items()}, str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def family_weights(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("families")
+    return {name: save_random_weights(name, folder / f"{name}.safetensors") for name in FAMILIES}
+
+
+@pytest.fixture(scope="module")
+def family_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_class_folder(tmp_path_factory.mktemp("family-data") / "data", per_class=8, classes=("red", "green"))
+
+
+@pytest.mark.parametrize("name", list(FAMILIES))
+def test_cut_points_resolve_and_features_have_the_advertised_shape(name: str, family_weights: dict) -> None:
+    size = FAMILIES[name]
+    backbone = load_backbone(name, family_weights[name], image_size=size)
+    assert backbone.cut_points == [info["module"] for info in backbone.model.feature_info]
+    assert list(backbone.cut_dims) == [*backbone.cut_points, HEAD]
+    images = torch.rand(2, 3, size, size)
+    with torch.no_grad():
+        features = backbone.features(images)
+        for cut_point in (backbone.cut_points[-1], HEAD):
+            maps = cut_maps(backbone.model, images, stage_index(backbone.model, cut_point))
+            assert maps.ndim == 4 and maps.shape[0] == 2, cut_point  # spatial heads get (N, C, H, W) maps
+    assert {cut: tuple(vector.shape) for cut, vector in features.items()} == {
+        cut: (2, dim) for cut, dim in backbone.cut_dims.items()
+    }
+    assert all(torch.isfinite(vector).all() for vector in features.values())
+
+
+def test_inception_cut_at_mixed_5_is_expressible(family_weights: dict) -> None:
+    backbone = load_backbone("inception_v3", family_weights["inception_v3"], image_size=FAMILIES["inception_v3"])
+    assert "Mixed_5d" in backbone.cut_points
+
+
+def test_vit_at_an_off_size_runs_with_interpolated_position_embeddings(family_weights: dict) -> None:
+    backbone = load_backbone(VIT, family_weights[VIT], image_size=96)
+    with torch.no_grad():
+        features = backbone.features(torch.rand(1, 3, 96, 96))
+        maps = cut_maps(backbone.model, torch.rand(1, 3, 96, 96), None)
+    assert features[HEAD].shape == (1, 192) and features["blocks.5"].shape == (1, 192)
+    assert maps.shape == (1, 192, 6, 6)  # final patch tokens on their 6×6 grid, CLS left out
+
+
+def test_vit_at_a_size_it_cannot_take_is_one_line_naming_accepted_sizes(family_weights: dict) -> None:
+    with pytest.raises(TransferlabError, match="multiples of its 16-px patch") as error:
+        load_backbone(VIT, family_weights[VIT], image_size=100)
+    assert "\n" not in str(error.value)
+
+
+def test_cli_vit_off_size_error_is_one_line_not_a_traceback(family_weights: dict, family_data: Path, capsys) -> None:
+    weights = ["--backbones", VIT, "--backbone", VIT, "--weights", str(family_weights[VIT])]
+    code = main(["rank", str(family_data), *weights, "--image-size", "100", "--no-progress", "--workers", "0"])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err and "multiples of its 16-px patch" in err
+
+
+@pytest.mark.parametrize("name", ["resnet10t", VIT])
+def test_a_whole_run_extracts_and_probes(name: str, family_weights: dict, family_data: Path, tmp_path: Path) -> None:
+    result = run_with(
+        family_data,
+        backbone=name,
+        weights=str(family_weights[name]),
+        image_size=FAMILIES[name],
+        cache_dir=str(tmp_path / "cache"),
+        runs_dir=str(tmp_path / "runs"),
+        progress=False,
+        workers=0,
+    )
+    assert (result.run_dir / "probe.safetensors").is_file()
