@@ -15,9 +15,11 @@ import torch
 from conftest import make_class_folder, run_with
 from safetensors.torch import save_file
 
-from transferlab.backbones import load_backbone
+from transferlab.backbones import DEFAULT_BACKBONE, load_backbone
 from transferlab.backbones.cut import HEAD, cut_maps, stage_index
+from transferlab.backbones.registry import weights_files
 from transferlab.cli import main
+from transferlab.config import RunConfig
 from transferlab.errors import TransferlabError
 
 FAMILIES = {
@@ -109,3 +111,49 @@ def test_a_whole_run_extracts_and_probes(name: str, family_weights: dict, family
         workers=0,
     )
     assert (result.run_dir / "probe.safetensors").is_file()
+
+
+def test_weights_option_gives_each_backbone_its_own_file() -> None:
+    files = weights_files("resnet50=a.safetensors, vgg16=b.safetensors", DEFAULT_BACKBONE, ["resnet50", "vgg16"])
+    assert files == {"resnet50": "a.safetensors", "vgg16": "b.safetensors"}
+    assert weights_files({"vgg16": "b.pth"}, "vgg16") == {"vgg16": "b.pth"}
+    # a plain file: the --backbone model's, or the one model --backbones names
+    assert weights_files("a.safetensors", "resnet50") == {"resnet50": "a.safetensors"}
+    assert weights_files("a.safetensors", DEFAULT_BACKBONE, ["resnet50"]) == {"resnet50": "a.safetensors"}
+    assert RunConfig(data="d", backbones=["resnet50", "vgg16"], weights="vgg16=b.pth").weights_for("resnet50") is None
+
+
+@pytest.mark.parametrize(
+    ("weights", "message"),
+    [
+        ("resnet50=a.safetensors,vgg19=c.safetensors", "names vgg19, which is not among the backbones"),
+        ("resnet50=a.safetensors,vgg16", "'vgg16' is not NAME=FILE"),
+        ("resnet50=a,resnet50=b", "names resnet50 twice"),
+        ("a.safetensors", "one file for several backbones"),
+    ],
+)
+def test_bad_weights_option_is_a_one_line_error(weights: str, message: str) -> None:
+    with pytest.raises(TransferlabError, match=message) as error:
+        RunConfig(data="d", backbones=["resnet50", "vgg16"], weights=weights)
+    assert "\n" not in str(error.value)
+
+
+def test_cli_rank_compares_local_checkpoints_of_two_families(
+    family_weights: dict, family_data: Path, tmp_path: Path, capsys
+) -> None:
+    names = ["resnet10t", "convnext_atto"]
+    weights = ",".join(f"{name}={family_weights[name]}" for name in names)
+    common = ["--image-size", "64", "--no-progress", "--workers", "0", "--cache-dir", str(tmp_path / "cache")]
+    common += ["--runs-dir", str(tmp_path / "runs")]
+    assert main(["rank", str(family_data), "--backbones", ",".join(names), "--weights", weights, *common]) == 0
+    table = capsys.readouterr().out
+    assert all(name in table for name in names) and "unavailable" not in table
+    # one plain file for the one backbone ranked (the issue's `rank --backbones resnet50 --weights F`)
+    single = ["--backbones", "resnet10t", "--weights", str(family_weights["resnet10t"])]
+    assert main(["rank", str(family_data), *single, *common]) == 0
+    assert "unavailable" not in capsys.readouterr().out
+    # a name that is not among the backbones: one line, no traceback
+    bad = ["--backbones", ",".join(names), "--weights", f"{weights},vgg11={family_weights['vgg11']}"]
+    assert main(["rank", str(family_data), *bad, *common]) == 2
+    err = capsys.readouterr().err
+    assert "vgg11, which is not among the backbones" in err and "Traceback" not in err

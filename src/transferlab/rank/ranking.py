@@ -214,7 +214,8 @@ def rank(
 ) -> Ranking:
     """Score every cut point of every backbone on ``config``'s data, seed and split; rank them and choose one.
 
-    ``config.weights`` applies only to ``config.backbone``; other backbones use packaged or locally cached weights.
+    ``config.weights`` gives a file per backbone (``config.weights_for``); backbones it does not name use packaged
+    or locally cached weights.
     A backbone without local weights is listed as unavailable (never run with random weights); an unknown model
     name is an error before any work starts.
     """
@@ -226,7 +227,7 @@ def rank(
     rows: list[RankRow] = []
     first: PreparedData | None = None
     for name in names:
-        weights = config.weights if name == config.backbone else None
+        weights = config.weights_for(name)
         try:
             resolve_weights(name, weights, allow_download=config.allow_download)
         except TransferlabError as error:
