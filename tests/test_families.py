@@ -7,6 +7,7 @@ whole run (extraction + probe) works. A ViT at an off-size runs (dynamic positio
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import pytest
@@ -16,11 +17,13 @@ from conftest import make_class_folder, run_with
 from safetensors.torch import save_file
 
 from transferlab.backbones import DEFAULT_BACKBONE, load_backbone
+from transferlab.backbones.costs import cut_costs
 from transferlab.backbones.cut import HEAD, cut_maps, stage_index
 from transferlab.backbones.registry import weights_files
 from transferlab.cli import main
 from transferlab.config import RunConfig
 from transferlab.errors import TransferlabError
+from transferlab.rank.cost import count_gflops
 
 FAMILIES = {
     # name: input size the tests run it at (small, but above each network's minimum)
@@ -157,3 +160,27 @@ def test_cli_rank_compares_local_checkpoints_of_two_families(
     assert main(["rank", str(family_data), *bad, *common]) == 2
     err = capsys.readouterr().err
     assert "vgg11, which is not among the backbones" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("name", ["resnet10t", VIT])
+def test_costs_are_of_the_network_up_to_each_cut_point(name: str, family_weights: dict) -> None:
+    size = FAMILIES[name]
+    backbone = load_backbone(name, family_weights[name], image_size=size)
+    costs = cut_costs(name, (3, size, size))
+    assert [cost.cut_point for cost in costs] == [*backbone.cut_points, HEAD]
+    assert costs[-1].params == backbone.count_parameters()
+    assert costs[-1].gflops == pytest.approx(count_gflops(backbone))
+    assert all(a.params <= b.params and a.gflops < b.gflops * 1.001 for a, b in itertools.pairwise(costs))
+    assert costs[0].gflops < costs[-1].gflops / 2  # the first stage costs far less than the whole network
+    with torch.no_grad():
+        maps = backbone.model.forward_intermediates(torch.rand(1, 3, size, size), intermediates_only=True)
+    assert [cost.shape for cost in costs[:-1]] == [tuple(m.shape[1:]) for m in maps]
+    assert costs[-1].shape == (backbone.cut_dims[HEAD],)
+
+
+def test_cli_backbones_lists_cut_points_with_shape_params_and_gflops(capsys) -> None:
+    assert main(["backbones", "--cut-points", "inception_v3", "--image-size", "96"]) == 0
+    out = capsys.readouterr().out
+    assert "Mixed_5d" in out and "288x9x9" in out and "GFLOPs" in out and "head" in out
+    assert main(["backbones", "--cut-points", VIT, "--image-size", "100"]) == 2
+    assert "multiples of its 16-px patch" in capsys.readouterr().err
