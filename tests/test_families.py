@@ -18,11 +18,12 @@ from safetensors.torch import save_file
 
 from transferlab.backbones import DEFAULT_BACKBONE, load_backbone
 from transferlab.backbones.costs import cut_costs
-from transferlab.backbones.cut import HEAD, cut_maps, stage_index
+from transferlab.backbones.cut import HEAD, cut_maps, head_is_map_average, stage_index
 from transferlab.backbones.registry import weights_files
 from transferlab.cli import main
 from transferlab.config import RunConfig
 from transferlab.errors import TransferlabError
+from transferlab.finetune.blocks import freeze_units
 from transferlab.rank.cost import count_gflops
 
 FAMILIES = {
@@ -184,3 +185,52 @@ def test_cli_backbones_lists_cut_points_with_shape_params_and_gflops(capsys) -> 
     assert "Mixed_5d" in out and "288x9x9" in out and "GFLOPs" in out and "head" in out
     assert main(["backbones", "--cut-points", VIT, "--image-size", "100"]) == 2
     assert "multiples of its 16-px patch" in capsys.readouterr().err
+
+
+def test_every_family_has_freeze_units_covering_its_parameters() -> None:
+    for name in FAMILIES:
+        with torch.device("meta"):
+            network = timm.create_model(name)
+        units = freeze_units(network)
+        members = {module for unit in units for module in (*unit.modules, *unit.parameters)}
+        assert len(units) >= 4, name
+        for path, _ in network.named_parameters():
+            assert any(path == m or path.startswith(m + ".") for m in members), (name, path)
+    with torch.device("meta"):
+        stem = freeze_units(timm.create_model(VIT))[0]
+    assert {"cls_token", "pos_embed"} <= set(stem.parameters) and "patch_embed" in stem.modules
+
+
+def test_warm_start_only_where_the_pooled_head_is_the_averaged_maps(family_weights: dict) -> None:
+    averaged = {
+        name: head_is_map_average(load_backbone(name, family_weights[name], image_size=size).model, size)
+        for name, size in FAMILIES.items()
+        if name != "inception_v3"
+    }
+    assert averaged == {
+        "resnet10t": True,
+        "vgg11": False,  # pre-logits: its fc layers (4096-d) on the 512-channel maps
+        "efficientnet_b0": True,
+        "convnext_atto": False,  # a LayerNorm after pooling
+        VIT: False,  # the CLS token
+    }
+
+
+def test_vit_at_an_off_size_fine_tunes_and_exports(
+    family_weights: dict, family_data: Path, tmp_path: Path, capsys
+) -> None:
+    result = run_with(
+        family_data,
+        backbone=VIT,
+        weights=str(family_weights[VIT]),
+        image_size=64,
+        finetune={"epochs": 1, "head_epochs": 1, "unfreeze": "top:1"},
+        cache_dir=str(tmp_path / "cache"),
+        runs_dir=str(tmp_path / "runs"),
+        name="vit",
+        progress=False,
+        workers=0,
+    )
+    assert (result.run_dir / "finetuned.safetensors").is_file()
+    assert main(["export", "vit", "--runs-dir", str(tmp_path / "runs"), "--out", str(tmp_path / "onnx")]) == 0
+    assert "onnxruntime matches PyTorch" in capsys.readouterr().out

@@ -98,6 +98,23 @@ def joined_features(network: nn.Module, images: torch.Tensor, indices: list[int 
     return torch.cat([pool(network, final if i is None else by_index[i], i) for i in indices], dim=1)
 
 
+def head_is_map_average(network: nn.Module, image_size: int) -> bool:
+    """Whether ``network``'s pooled ``head`` vector is the plain average of its final maps, i.e. what a head that
+    averages :func:`cut_maps` sees. True for ResNet and EfficientNet; not for VGG (pre-logits are its fc layers),
+    ConvNeXt (a norm after pooling) or ViT (the CLS token). Checked numerically on one random image."""
+    image = torch.rand(1, 3, image_size, image_size, generator=torch.Generator().manual_seed(0))
+    image = image.to(next(network.parameters()).device)
+    was_training = network.training
+    network.eval()
+    try:
+        with torch.no_grad():
+            pooled = pool(network, cut_output(network, image, None), None)
+            averaged = cut_maps(network, image, None).float().mean(dim=(2, 3))
+    finally:
+        network.train(was_training)
+    return pooled.shape == averaged.shape and torch.allclose(pooled, averaged, rtol=1e-4, atol=1e-5)
+
+
 def pool(network: nn.Module, output: torch.Tensor, index: int | None) -> torch.Tensor:
     """The float32 vector the feature cache stores, from :func:`cut_output`: the model's own pre-logits for
     ``head``, else the global average of the stage's maps.
