@@ -19,7 +19,7 @@ from safetensors.torch import save_file
 from transferlab.backbones import DEFAULT_BACKBONE, load_backbone
 from transferlab.backbones.costs import cut_costs
 from transferlab.backbones.cut import HEAD, cut_maps, head_is_map_average, stage_index
-from transferlab.backbones.registry import weights_files
+from transferlab.backbones.registry import available_backbones, resolve_weights, weights_files
 from transferlab.cli import main
 from transferlab.config import RunConfig
 from transferlab.errors import TransferlabError
@@ -234,3 +234,32 @@ def test_vit_at_an_off_size_fine_tunes_and_exports(
     assert (result.run_dir / "finetuned.safetensors").is_file()
     assert main(["export", "vit", "--runs-dir", str(tmp_path / "runs"), "--out", str(tmp_path / "onnx")]) == 0
     assert "onnxruntime matches PyTorch" in capsys.readouterr().out
+
+
+def hub_cache(root: Path, repo_id: str, weights: Path) -> Path:
+    """A Hugging Face cache holding ``weights`` as ``repo_id``'s model.safetensors, laid out as the hub lays it out:
+    ``models--ORG--NAME/{blobs/SHA, refs/main, snapshots/COMMIT/model.safetensors -> ../../blobs/SHA}``."""
+    repo = root / f"models--{repo_id.replace('/', '--')}"
+    commit, blob = "0123456789abcdef0123456789abcdef01234567", "f" * 64
+    (repo / "blobs").mkdir(parents=True)
+    (repo / "blobs" / blob).write_bytes(weights.read_bytes())
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    snapshot = repo / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    (snapshot / "model.safetensors").symlink_to(Path("..") / ".." / "blobs" / blob)
+    return root
+
+
+def test_weights_found_offline_in_a_hugging_face_cache(
+    family_weights: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import huggingface_hub.constants
+
+    repo_id = timm.models.get_pretrained_cfg("resnet10t").hf_hub_id  # timm/resnet10t.<default tag>
+    cache = hub_cache(tmp_path / "hub", repo_id, family_weights["resnet10t"])
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    source = resolve_weights("resnet10t")
+    assert source.origin == "hf-cache" and source.path.read_bytes() == family_weights["resnet10t"].read_bytes()
+    assert repo_id.split("/")[1] in {entry.name for entry in available_backbones()}
+    assert load_backbone("resnet10t", image_size=64).weights.origin == "hf-cache"
