@@ -7,6 +7,7 @@ whole run (extraction + probe) works. A ViT at an off-size runs (dynamic positio
 
 from __future__ import annotations
 
+import copy
 import itertools
 from pathlib import Path
 
@@ -18,12 +19,15 @@ from safetensors.torch import save_file
 
 from transferlab.backbones import DEFAULT_BACKBONE, load_backbone
 from transferlab.backbones.costs import cut_costs
-from transferlab.backbones.cut import HEAD, cut_maps, head_is_map_average, stage_index
+from transferlab.backbones.cut import HEAD, cut_maps, head_is_map_average, stage_index, stage_names
+from transferlab.backbones.model import create_network
 from transferlab.backbones.registry import available_backbones, resolve_weights, weights_files
 from transferlab.cli import main
 from transferlab.config import RunConfig
 from transferlab.errors import TransferlabError
 from transferlab.finetune.blocks import freeze_units
+from transferlab.heads import HeadSpec
+from transferlab.model.network import build_model
 from transferlab.rank.cost import count_gflops
 
 FAMILIES = {
@@ -263,3 +267,22 @@ def test_weights_found_offline_in_a_hugging_face_cache(
     assert source.origin == "hf-cache" and source.path.read_bytes() == family_weights["resnet10t"].read_bytes()
     assert repo_id.split("/")[1] in {entry.name for entry in available_backbones()}
     assert load_backbone("resnet10t", image_size=64).weights.origin == "hf-cache"
+
+
+SEED_HEADS = {
+    "flatten-2500-500-100": HeadSpec(pooling="flatten", widths=(2500, 500, 100)),  # the seeds' head on 8×8×1792
+    "gap-dense": HeadSpec(pooling="avg"),
+}
+
+
+@pytest.mark.parametrize("name", list(FAMILIES))
+def test_the_seeds_heads_build_on_each_familys_maps(name: str) -> None:
+    size = FAMILIES[name]
+    with torch.device("meta"):  # shapes only: building and running the heads allocates nothing
+        network = create_network(name).eval()
+        cuts = [stage_names(network)[-1], HEAD] + (["Mixed_5d"] if name == "inception_v3" else [])
+        for cut_point in cuts:
+            for label, spec in SEED_HEADS.items():
+                net = build_model(copy.deepcopy(network), cut_point, spec, 3, (3, size, size))
+                with torch.no_grad():
+                    assert net(torch.zeros(2, 3, size, size)).shape == (2, 3), (cut_point, label)
