@@ -130,6 +130,8 @@ def test_weights_option_gives_each_backbone_its_own_file() -> None:
     assert weights_files("a.safetensors", "resnet50") == {"resnet50": "a.safetensors"}
     assert weights_files("a.safetensors", DEFAULT_BACKBONE, ["resnet50"]) == {"resnet50": "a.safetensors"}
     assert RunConfig(data="d", backbones=["resnet50", "vgg16"], weights="vgg16=b.pth").weights_for("resnet50") is None
+    config = RunConfig(data="d", backbones=["resnet50", "vgg16"], weights={"resnet50": "a.pth", "vgg16": "b.pth"})
+    assert RunConfig.from_dict(config.to_dict()) == config and config.weights_for("vgg16") == "b.pth"  # the API form
 
 
 @pytest.mark.parametrize(
