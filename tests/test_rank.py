@@ -180,7 +180,9 @@ def test_rank_scores_every_cut_point_and_lists_unavailable_backbones(
     cost_files = list((tmp_path / "cache").rglob(COST_FILE))
     assert len(cost_files) == 1
     saved = json.loads(cost_files[0].read_text())
-    assert saved["gflops"] == pytest.approx(available[0].gflops)
+    head = next(row for row in available if row.cut_point == "head")
+    assert saved["gflops"] == pytest.approx(head.gflops)  # the whole network; earlier cuts cost less
+    assert all(row.gflops <= head.gflops and row.params <= head.params for row in available)
 
     path = write_ranking(RunDir(tmp_path / "runs", "r"), ranking)
     payload = json.loads(path.read_text())

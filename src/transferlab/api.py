@@ -49,7 +49,7 @@ class ImageClassifier(BaseEstimator):
         multi_depth: bool = True,
         test: str | None = None,
         groups: str | None = None,
-        weights: str | None = None,
+        weights: str | dict[str, str] | None = None,
         image_size: int | None = None,
         crop_pct: float | None = WHOLE_IMAGE,
         subset: float | None = None,

@@ -11,7 +11,7 @@ from typing import Any
 
 from transferlab import budget, devices
 from transferlab.backbones.model import HEAD
-from transferlab.backbones.registry import DEFAULT_BACKBONE
+from transferlab.backbones.registry import DEFAULT_BACKBONE, WeightsOption, weights_files
 from transferlab.errors import require, unknown_fields
 
 WHOLE_IMAGE = 1.0
@@ -33,12 +33,13 @@ class RunConfig:
     resolved when the run starts, so a saved config reruns on whatever the next machine has); ``batch_size`` None: the
     device's default. ``time_limit`` (seconds, or ``"10m"``) / ``preset``: plan the run to a budget
     (``transferlab.plan``): the planner chooses backbones, search and fine-tuning that fit, explicit stage options
-    win. Bad values raise a one-line :class:`TransferlabError`.
+    win. ``weights``: one file for ``backbone`` (or the only name in ``backbones``), or a file per backbone as
+    ``"NAME=FILE,NAME=FILE"`` or a dict (:meth:`weights_for`). Bad values raise a one-line :class:`TransferlabError`.
     """
 
     data: str
     backbone: str = DEFAULT_BACKBONE
-    weights: str | None = None
+    weights: WeightsOption = None
     cut_point: str = HEAD
     multi_depth: bool = True
     image_size: int | None = None
@@ -90,6 +91,11 @@ class RunConfig:
             budget.preset_named(self.preset)
         for fraction in self.fractions or []:
             require(0 < fraction <= 1, f"--fractions must be in (0, 1], got {fraction}")
+        weights_files(self.weights, self.backbone, self.backbones)  # malformed --weights fails here, before any work
+
+    def weights_for(self, name: str) -> str | None:
+        """The weights file ``--weights`` gives backbone ``name`` (None: found as usual, packaged or HF cache)."""
+        return weights_files(self.weights, self.backbone, self.backbones).get(name)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

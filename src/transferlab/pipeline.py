@@ -185,7 +185,7 @@ def _rank(config: RunConfig, cache_dir: str | Path | None, progress: bool) -> tu
     ranking = rank(config, config.backbones, cache_dir=cache_dir, progress=progress)
     log.info(ranking.table())
     chosen = ranking.chosen
-    weights = config.weights if chosen.backbone == config.backbone else None
+    weights = config.weights_for(chosen.backbone)
     return replace(config, backbone=chosen.backbone, cut_point=chosen.cut_point, weights=weights), ranking
 
 

@@ -216,7 +216,7 @@ def prepare(
     dataset = load_dataset(config.data, label_sep=config.label_sep, group_column=config.groups)
     backbone = load_backbone(
         config.backbone,
-        config.weights,
+        config.weights_for(config.backbone),
         allow_download=config.allow_download,
         image_size=config.image_size,
         crop_pct=config.crop_pct,

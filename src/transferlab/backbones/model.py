@@ -18,6 +18,7 @@ from torch import nn
 
 from transferlab.backbones import efficientnet_pytorch
 from transferlab.backbones.cut import HEAD, pool, stage_names
+from transferlab.backbones.input_size import check_input_size
 from transferlab.backbones.registry import WeightsSource, resolve_weights
 from transferlab.errors import TransferlabError
 
@@ -46,8 +47,17 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
 
 
 def create_network(name: str, *, keep_classifier: bool = False) -> nn.Module:
-    """The timm architecture ``name`` without weights and, unless ``keep_classifier``, without its classifier."""
-    network = timm.create_model(name, pretrained=False)
+    """The timm architecture ``name`` without weights and, unless ``keep_classifier``, without its classifier.
+
+    Patch-token models (ViT, DeiT, Swin, ...) are built with ``dynamic_img_size=True``: their position embeddings are
+    interpolated to whatever grid the input makes, so ``--image-size 96`` works with 224-px weights (the parameters
+    are unchanged, so the same state dict loads either way). Models whose constructor has no such option (the CNNs)
+    are built as they are.
+    """
+    try:
+        network = timm.create_model(name, pretrained=False, dynamic_img_size=True)
+    except TypeError:  # the model's constructor has no dynamic_img_size: a convolutional network takes any size
+        network = timm.create_model(name, pretrained=False)
     if not hasattr(network, "forward_intermediates"):
         raise TransferlabError(f"{name}: this timm model does not support forward_intermediates (multi-depth features)")
     if not keep_classifier:
@@ -126,6 +136,8 @@ def load_backbone(
     cut_dims[HEAD] = int(model.num_features if not hasattr(model, "head_hidden_size") else model.head_hidden_size)
     data_config = resolve_model_data_config(model)
     if image_size:
+        if image_size != data_config["input_size"][-1]:
+            check_input_size(model, name, image_size)
         data_config["input_size"] = (3, image_size, image_size)
     if crop_pct:
         data_config["crop_pct"] = float(crop_pct)

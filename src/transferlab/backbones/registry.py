@@ -115,6 +115,49 @@ def resolve_weights(name: str, weights: str | Path | None = None, *, allow_downl
     )
 
 
+WeightsOption = str | dict[str, str] | None
+"""``--weights``: one file (for one backbone), ``NAME=FILE,NAME=FILE`` (a file per backbone), or that as a dict."""
+
+
+def weights_files(weights: WeightsOption, backbone: str, backbones: list[str] | None = None) -> dict[str, str]:
+    """Backbone name → weights file, from a ``--weights`` option; backbones not named find their own weights.
+
+    A single file belongs to ``backbone``, or, when ``backbones`` names exactly one other model, to that one (so
+    ``rank --backbones resnet50 --weights F`` means resnet50). A path that exists is always a single file, even
+    if its name holds a ``=``. Malformed entries and names outside ``backbone`` + ``backbones`` are user errors.
+    """
+    if weights is None or weights == "":
+        return {}
+    backbones = [name.strip() for name in backbones or [] if name.strip()]
+    if isinstance(weights, dict):
+        files = {str(name).strip(): str(path) for name, path in weights.items()}
+    elif "=" not in weights or Path(weights).is_file():
+        owner = backbones[0] if len(backbones) == 1 else backbone
+        if backbones and len(backbones) > 1 and backbone not in backbones:
+            raise TransferlabError(
+                f"--weights {weights}: one file for several backbones ({', '.join(backbones)}); "
+                "say which gets which: --weights NAME=FILE,NAME=FILE"
+            )
+        return {owner: weights}
+    else:
+        files = {}
+        for entry in (part.strip() for part in weights.split(",")):
+            name, _, path = entry.partition("=")
+            if not name.strip() or not path.strip():
+                raise TransferlabError(f"--weights: '{entry}' is not NAME=FILE (e.g. resnet50=resnet50.safetensors)")
+            if name.strip() in files:
+                raise TransferlabError(f"--weights names {name.strip()} twice")
+            files[name.strip()] = path.strip()
+    known = list(dict.fromkeys([backbone, *backbones]))
+    unknown = [name for name in files if name not in known]
+    if unknown:
+        raise TransferlabError(
+            f"--weights names {', '.join(unknown)}, which {'is' if len(unknown) == 1 else 'are'} not among the "
+            f"backbones ({', '.join(known)})"
+        )
+    return files
+
+
 @dataclass(frozen=True)
 class BackboneEntry:
     name: str

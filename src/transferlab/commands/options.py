@@ -48,7 +48,12 @@ def add_run_options(parser: argparse.ArgumentParser, *, run_directory: bool = Tr
     """What a run computes on; ``run_directory=False`` for commands that only fill the cache (no --runs-dir/--name)."""
     add_data_options(parser)
     parser.add_argument("--backbone", default=DEFAULT_BACKBONE, help=f"timm model name (default: {DEFAULT_BACKBONE})")
-    parser.add_argument("--weights", help="local weights file (.safetensors, or .pth loaded with weights_only=True)")
+    parser.add_argument(
+        "--weights",
+        help="local weights: FILE for the one backbone (.safetensors, or .pth loaded with weights_only=True), or "
+        "NAME=FILE,NAME=FILE to give several backbones their own (the others use packaged or Hugging Face cache "
+        "weights)",
+    )
     parser.add_argument("--allow-download", action="store_true", help="fetch weights from the Hugging Face hub")
     parser.add_argument("--image-size", type=int, help="override the backbone's input resolution (pixels)")
     parser.add_argument(

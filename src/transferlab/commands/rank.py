@@ -16,7 +16,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         description="Extract (or reuse cached) features of every backbone at every cut point, score each with LogME, "
         "cross-validated k-NN and a cross-validated quick probe on train+val, and choose one (backbone, cut point) "
         "with the reason. Backbones without local weights are listed as unavailable. Writes ranking.json into "
-        "runs/<name>/. --weights applies to the --backbone model only.",
+        "runs/<name>/. --weights FILE is for one backbone; --weights NAME=FILE,NAME=FILE gives several their own.",
     )
     add_run_options(parser)
     parser.add_argument(

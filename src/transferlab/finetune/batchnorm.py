@@ -40,6 +40,9 @@ def set_trainable(model: nn.Module, units: list[Unit], trainable: list[Unit]) ->
     frozen = [module for unit in units if unit.name not in keep for module in unit.modules]
     if frozen:
         freeze(model, frozen)
+    for unit in units:
+        for name in unit.parameters if unit.name not in keep else ():
+            model.get_parameter(name).requires_grad_(False)
 
 
 def recalibrate(net: nn.Module, body: nn.Module, trainable: list[Unit], batches: Iterable) -> None:

@@ -18,15 +18,24 @@ from transferlab.errors import TransferlabError
 
 @dataclass(frozen=True)
 class Unit:
-    """One freezable piece: its name and the module paths (relative to the model) it consists of."""
+    """One freezable piece: its name and the module paths (relative to the model) it consists of.
+
+    ``parameters``: parameters the model itself owns outside any module (ViT's ``cls_token`` and ``pos_embed``,
+    which timm groups with the stem), frozen and trained with the unit."""
 
     name: str
     modules: tuple[str, ...]
+    parameters: tuple[str, ...] = ()
 
 
 def _matchers(model: nn.Module) -> list[re.Pattern[str]]:
-    """The model's grouping regexes, in network order (stem first)."""
+    """The model's grouping regexes, in network order (stem first).
+
+    Some models (InceptionV3) group by a function instead of regexes; they get a unit per top-level child, which
+    for them is one per block (``Conv2d_4a_3x3``, ``Mixed_5b``, ...)."""
     matcher = model.group_matcher(coarse=False) if hasattr(model, "group_matcher") else {}
+    if not isinstance(matcher, dict):
+        return []
     patterns: list[str] = []
     for value in matcher.values():
         entries = value if isinstance(value, list | tuple) else [value]
@@ -48,8 +57,15 @@ def freeze_units(model: nn.Module) -> list[Unit]:
             members[name] = []
         if member not in members[name]:
             members[name].append(member)
-    names = {name: "+".join(members[name]) if name.startswith("(") else name for name in order}
-    return [Unit(names[name], tuple(members[name])) for name in order]
+    owned: dict[str, list[str]] = {}
+    for path, _ in model.named_parameters(recurse=False):
+        name = _unit_of(path, matchers)[0]
+        if name not in members:  # a unit of bare parameters: they sit at the input side (embeddings)
+            order.insert(0, name)
+            members[name] = []
+        owned.setdefault(name, []).append(path)
+    names = {name: "+".join(members[name] or owned[name]) if name.startswith("(") else name for name in order}
+    return [Unit(names[name], tuple(members[name]), tuple(owned.get(name, []))) for name in order]
 
 
 def _unit_of(path: str, matchers: list[re.Pattern[str]]) -> tuple[str, str]:

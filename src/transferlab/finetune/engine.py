@@ -261,7 +261,12 @@ class Trainer:
     def _param_groups(self, record: dict[str, Any], trainable: list[Unit]) -> list[dict[str, Any]]:
         """Head at ``lr_head``; backbone units at ``lr_backbone``, or decayed by ``layer_decay`` per unit downwards."""
         groups = [{"params": list(self.net.head.parameters()), "lr": record["lr_head"]}]
-        units = [[p for m in unit.modules for p in self.net.body.get_submodule(m).parameters()] for unit in trainable]
+        body = self.net.body
+        units = [
+            [p for m in unit.modules for p in body.get_submodule(m).parameters()]
+            + [body.get_parameter(name) for name in unit.parameters]
+            for unit in trainable
+        ]
         decay = self.options.layer_decay
         if decay is None and trainable:
             groups.append({"params": [p for params in units for p in params], "lr": record["lr_backbone"]})

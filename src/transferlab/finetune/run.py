@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from safetensors.torch import save
 
+from transferlab.backbones.cut import HEAD, head_is_map_average
 from transferlab.data.split import split_digest
 from transferlab.distributed import Distributed, from_environment
 from transferlab.errors import TransferlabError
@@ -195,6 +196,13 @@ def _warm_start(
         # off target (first-epoch loss above the sanity limit), which no LR restart can repair.
         if main:
             log.info(f"{source} warm start skipped: it saw {feature_size} px features, fine-tuning runs at {size} px")
+        return "random"
+    pooled_input = head_init is None or not head_init.spec.needs_maps
+    if pooled_input and prepared.config.cut_point == HEAD and not head_is_map_average(prepared.backbone.model, size):
+        # VGG's pre-logits are its fc layers, ConvNeXt's are normed, ViT's are the CLS token: a head trained on
+        # them would start fine-tuning (which averages the final maps) off target, or not even fit
+        if main:
+            log.info(f"{source} warm start skipped: {prepared.backbone.name}'s pre-logits are not its averaged maps")
         return "random"
     if head_init is not None:
         if head_init.spec != spec:

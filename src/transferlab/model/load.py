@@ -17,6 +17,7 @@ from timm.data import create_transform
 from transferlab.backbones import load_backbone
 from transferlab.backbones.cut import JOIN, cut_indices, cut_network
 from transferlab.backbones.model import create_network, read_weights
+from transferlab.backbones.registry import weights_files
 from transferlab.errors import TransferlabError
 from transferlab.fileio import read_json
 from transferlab.heads import HeadSpec
@@ -67,8 +68,12 @@ def _load_probe(run: Path) -> tuple[CutModel, dict[str, Any], dict[str, Any]]:
     saved = _read(run / layout.PROBE_META)
     config = _read(run / layout.CONFIG)
     record = _read(run / layout.RECORD)
+    files = weights_files(config.get("weights"), config.get("backbone", saved["backbone"]), config.get("backbones"))
     backbone = load_backbone(
-        saved["backbone"], config.get("weights"), image_size=config.get("image_size"), crop_pct=config.get("crop_pct")
+        saved["backbone"],
+        files.get(saved["backbone"]),
+        image_size=config.get("image_size"),
+        crop_pct=config.get("crop_pct"),
     )
     if backbone.weights.sha256 != saved["weights_sha256"]:
         raise TransferlabError(

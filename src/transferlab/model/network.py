@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from transferlab.backbones.cut import cut_maps, cut_network, joined_features, pool
+from transferlab.backbones.cut import cut_maps, cut_network, cut_output, joined_features, pool
 from transferlab.errors import TransferlabError
 from transferlab.heads import HeadSpec, build_head
 from transferlab.metrics import probabilities
@@ -45,9 +45,10 @@ class CutModel(nn.Module):
         if self.joined is not None:
             features = joined_features(self.body, images, self.joined)
         else:
-            features = self.maps(images)
             if self.pooled:
-                features = pool(self.body, features, self.stage_index)
+                features = pool(self.body, cut_output(self.body, images, self.stage_index), self.stage_index)
+            else:
+                features = self.maps(images)
         scores = self.head(features)
         return scores if self.output is None else probabilities(scores, multilabel=self.output == "sigmoid")
 

@@ -33,7 +33,7 @@ class Unplanned:
         return config
 
     def backbones(self, config: RunConfig) -> list[tuple[str, str | None]]:
-        return [(config.backbone, config.weights)]
+        return [(config.backbone, config.weights_for(config.backbone))]
 
     def begin(self, stage: str, run_dir: RunDir, best: ProbeResult | None) -> bool:
         return True

@@ -180,7 +180,7 @@ def _candidates(config: RunConfig, preset: Preset) -> list[tuple[str, str | None
         names = [config.backbone, *(b for b in preset.backbones if b != config.backbone)]
     chosen = []
     for name in names:
-        weights = config.weights if name == config.backbone else None
+        weights = config.weights_for(name)
         try:
             resolve_weights(name, weights, allow_download=config.allow_download)
         except TransferlabError as error:

@@ -1,18 +1,16 @@
-"""What a backbone costs: parameters, GFLOPs per image at its input resolution, and measured extraction speed.
+"""What a backbone costs: per cut point the parameters, MB and GFLOPs of the network up to the cut
+(:mod:`transferlab.backbones.costs`), and the measured extraction speed.
 
-FLOPs are counted by ``torch.utils.flop_counter.FlopCounterMode`` on one forward pass of a blank image. It counts a
-multiply-add as 2 FLOPs, so its numbers are about twice the "FLOPs" quoted in many papers (which are MACs). The count
-and the last measured images/second are stored next to the backbone's cached features (same identity key: weights
-and preprocessing, hence resolution), so a re-run on cached features still knows both without recounting.
+The counts and the last measured images/second are stored next to the backbone's cached features (same identity
+key: weights, preprocessing, hence resolution, and cut points), so a re-run on cached features still knows them
+without recounting.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-from torch.utils.flop_counter import FlopCounterMode
-
+from transferlab.backbones.costs import CutCost, cut_costs
 from transferlab.backbones.model import Backbone
 from transferlab.features.cache import FeatureCache
 from transferlab.features.extract import ExtractionReport
@@ -25,27 +23,30 @@ COST_FILE = "cost.json"
 class BackboneCost:
     params: int
     gflops: float
+    """The whole network's (the ``head`` cut point's)."""
     images_per_second: float | None
     """Feature-extraction throughput on this machine (all cut points in one pass); None if never measured."""
+    cuts: dict[str, CutCost]
+    """The network up to each cut point."""
 
 
 def count_gflops(backbone: Backbone) -> float:
-    """GFLOPs of one forward pass of a single image at the backbone's configured input size."""
-    image = torch.zeros(1, *backbone.data_config["input_size"])
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        backbone.model(image)
-    return counter.get_total_flops() / 1e9
+    """GFLOPs of one forward pass of a single image at the backbone's configured input size (the whole network)."""
+    return cut_costs(backbone.name, backbone.data_config["input_size"])[-1].gflops
 
 
 def backbone_cost(backbone: Backbone, cache: FeatureCache, extraction: ExtractionReport) -> BackboneCost:
-    """Cost of ``backbone``: FLOPs counted once per cache identity, speed updated whenever extraction just ran."""
+    """Cost of ``backbone``: counted once per cache identity, speed updated whenever extraction just ran."""
     path = cache.directory / COST_FILE
     stored = read_json(path) if path.exists() else {}
     updated = dict(stored)
-    if "gflops" not in updated:
-        updated["gflops"] = count_gflops(backbone)
+    if "cuts" not in updated:
+        costs = cut_costs(backbone.name, backbone.data_config["input_size"])
+        updated["cuts"] = [cost.to_json() for cost in costs]
+        updated.setdefault("gflops", costs[-1].gflops)
     if extraction.images_per_second:
         updated["images_per_second"] = extraction.images_per_second
     if updated != stored:
         write_json(path, updated)
-    return BackboneCost(backbone.count_parameters(), float(updated["gflops"]), updated.get("images_per_second"))
+    cuts = {cost.cut_point: cost for cost in map(CutCost.from_json, updated["cuts"])}
+    return BackboneCost(backbone.count_parameters(), float(updated["gflops"]), updated.get("images_per_second"), cuts)

@@ -6,7 +6,8 @@ the same extraction time as ranking one.
 
 Choice rule (one-standard-error rule, Breiman et al. 1984): the cross-validated probe score decides, because it is
 the closest to what the user will train next. Candidates whose score is within one standard error of the best are
-treated as tied, and among those the cheapest wins: fewest backbone GFLOPs, then the fewest features (a smaller head,
+treated as tied, and among those the cheapest wins: fewest GFLOPs of the network up to the cut (an earlier cut runs
+fewer blocks), then the fewest features (a smaller head,
 less to overfit), then the higher LogME, then the higher probe score. LogME and k-NN do not decide; the reason says
 whether they agree.
 """
@@ -57,7 +58,11 @@ class RankRow:
     """Seconds to extract this dataset's features (all cut points) at the measured speed; None if never measured."""
     images_per_second: float | None = None
     params: int | None = None
+    """Parameters of the network up to the cut point (what a model cut there runs and ships)."""
+    megabytes: float | None = None
+    """Those parameters as float32, in MB."""
     gflops: float | None = None
+    """GFLOPs per image of the network up to the cut point (``transferlab.backbones.costs``)."""
     note: str = ""
 
     @property
@@ -99,7 +104,7 @@ class Ranking:
         metric = "acc" if self.metric == "accuracy" else "mAP"
         lines = [
             f"{'#':>2}  {'backbone':<26} {'cut':<9} {'dim':>5}  {'probe ' + metric:>14} {'kNN ' + metric:>8} "
-            f"{'LogME':>7} {'GFLOPs':>7} {'params':>7} {'extract':>8}"
+            f"{'LogME':>7} {'GFLOPs':>7} {'params':>7} {'MB':>6} {'extract':>8}"
         ]
         for place, row in enumerate(self.rows, 1):
             if not row.available:
@@ -109,8 +114,9 @@ class Ranking:
             extract = "-" if row.extract_seconds is None else f"{row.extract_seconds:.1f}s"
             lines.append(
                 f"{place:>2}  {row.backbone:<26} {row.cut_point:<9} {row.dim:>5}  {probe:>14} {row.knn_accuracy:>8.3f} "
-                f"{row.logme:>7.3f} {row.gflops:>7.3f} {row.params / 1e6:>6.2f}M {extract:>8}"
+                f"{row.logme:>7.3f} {row.gflops:>7.3f} {row.params / 1e6:>6.2f}M {row.megabytes:>6.1f} {extract:>8}"
             )
+        lines.append("GFLOPs, params and MB: the network up to the cut point, per image at the input size")
         lines.append(
             f"scores: {self.folds}-fold cross-validation on the {self.n_images} train+val images (seed {self.seed})"
         )
@@ -179,6 +185,7 @@ def score_backbone(prepared: PreparedData) -> list[RankRow]:
     extract_seconds = n_images / cost.images_per_second if cost.images_per_second else None
     rows = []
     for cut_point, dim in prepared.backbone.cut_dims.items():
+        part = cost.cuts[cut_point]
         features = prepared.features(cut_point)
         x = np.concatenate([features["train"], features["val"]]).astype(np.float64)
         probe, c = probe_cv(x, y, folds, seed)
@@ -198,8 +205,9 @@ def score_backbone(prepared: PreparedData) -> list[RankRow]:
                 dim=dim,
                 extract_seconds=extract_seconds,
                 images_per_second=cost.images_per_second,
-                params=cost.params,
-                gflops=cost.gflops,
+                params=part.params,
+                megabytes=part.megabytes,
+                gflops=part.gflops,
             )
         )
     return rows
@@ -214,7 +222,8 @@ def rank(
 ) -> Ranking:
     """Score every cut point of every backbone on ``config``'s data, seed and split; rank them and choose one.
 
-    ``config.weights`` applies only to ``config.backbone``; other backbones use packaged or locally cached weights.
+    ``config.weights`` gives a file per backbone (``config.weights_for``); backbones it does not name use packaged
+    or locally cached weights.
     A backbone without local weights is listed as unavailable (never run with random weights); an unknown model
     name is an error before any work starts.
     """
@@ -226,7 +235,7 @@ def rank(
     rows: list[RankRow] = []
     first: PreparedData | None = None
     for name in names:
-        weights = config.weights if name == config.backbone else None
+        weights = config.weights_for(name)
         try:
             resolve_weights(name, weights, allow_download=config.allow_download)
         except TransferlabError as error:

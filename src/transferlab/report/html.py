@@ -175,7 +175,7 @@ def _cost(run: RunFiles) -> list[tuple[str, str]]:
         ("probe on disk", _file_mb(run.path / layout.PROBE_WEIGHTS), "{:.2f} MB"),
         ("best head on disk", best.get("head_mb"), "{:.2f} MB"),
         ("fine-tuned model on disk", _file_mb(run.path / layout.FINETUNED_WEIGHTS), "{:.1f} MB"),
-        ("GFLOPs per image", _ranking_row(run).get("gflops"), "{:.3f}"),
+        ("GFLOPs per image (up to the cut point)", _ranking_row(run).get("gflops"), "{:.3f}"),
         ("device (feature precision)", _device(run.record.get("device")), "{}"),
         ("feature extraction", extraction.get("images_per_second"), "{:.1f} images/s"),
         ("features computed in", extraction.get("precision"), "{}"),
