@@ -171,9 +171,11 @@ def available_backbones() -> list[BackboneEntry]:
         for name in PACKAGED_WEIGHTS
     ]
     try:
-        from huggingface_hub import scan_cache_dir
+        from huggingface_hub import constants, scan_cache_dir
 
-        repos = scan_cache_dir().repos
+        # the cache directory read now, not the one scan_cache_dir bound when it was first imported (HF_HUB_CACHE
+        # can change in a running process, as try_to_load_from_cache already honours)
+        repos = scan_cache_dir(constants.HF_HUB_CACHE).repos
     except Exception:
         repos = []
     for repo in sorted(repos, key=lambda r: r.repo_id):
