@@ -223,7 +223,7 @@ def test_warm_start_only_where_the_pooled_head_is_the_averaged_maps() -> None:
     }
 
 
-@pytest.mark.parametrize("name", [n for n in FAMILIES if n != "vgg11"])  # VGG: its own test below
+@pytest.mark.parametrize("name", [n for n in FAMILIES if n != "vgg11"])  # VGG: its own test, through the CLI
 def test_each_family_fine_tunes_and_exports(
     name: str, family_weights: dict, family_data: Path, tmp_path: Path, capsys
 ) -> None:
@@ -306,3 +306,4 @@ def test_fine_tuning_vgg_starts_its_head_afresh(family_weights: dict, family_dat
     assert main([*command, "--cache-dir", str(tmp_path / "cache")]) == 0
     assert (runs / name / "finetuned.safetensors").is_file()
     assert json.loads((runs / name / "finetune.json").read_text())["head_init"] == "random"
+    assert main(["export", name, "--runs-dir", str(runs), "--out", str(tmp_path / "onnx")]) == 0
