@@ -37,7 +37,7 @@ FALLBACK_C = 0.1  # when a class is too rare to cross-validate
 CV_ROWS = 20_000
 """C is chosen by k-fold CV on at most this many train + val rows (a seeded sample stratified by class, or whole
 groups); above it only the final fits see every row. 25 CV fits on 100k rows would cost more than extracting them;
-on 20k the C curve is already flat around its best (see docs/benchmarks.md, "A probe that scales")."""
+at 30k rows the sample chose the same C as CV on every row (docs/benchmarks.md, "A probe that scales")."""
 
 
 class ChannelScaler(StandardScaler):
@@ -174,16 +174,17 @@ def fit_probe(
     fit_x = np.concatenate([features["train"], features["val"]]) if has_val else features["train"]
     fit_y = np.concatenate([y["train"], y["val"]]) if has_val else y["train"]
     rows = _cv_rows(fit_y, groups, seed)
-    search_groups = None if groups is None else groups[rows]
-    search = _fit(
-        make_pipeline(ChannelScaler(), _selecting(fit_y[rows], search_groups, seed)), fit_x[rows], fit_y[rows]
-    )
+    sampled = len(rows) < len(fit_y)
+    if sampled:  # (indexing copies the matrix: only when a sample is really taken)
+        search_x, search_y, search_groups = fit_x[rows], fit_y[rows], None if groups is None else groups[rows]
+    else:
+        search_x, search_y, search_groups = fit_x, fit_y, groups
+    search = _fit(make_pipeline(ChannelScaler(), _selecting(search_y, search_groups, seed)), search_x, search_y)
     C = _chosen_c(search)
-    if len(rows) < len(fit_y):
+    model = search
+    if sampled:
         logger.info("probe: C chosen by CV on %d of %d images, then fit on all of them", len(rows), len(fit_y))
-    model = (
-        search if len(rows) == len(fit_y) else _fit(make_pipeline(ChannelScaler(), _fixed(C, multilabel)), fit_x, fit_y)
-    )
+        model = _fit(make_pipeline(ChannelScaler(), _fixed(C, multilabel)), fit_x, fit_y)
     train_model = _fit(make_pipeline(ChannelScaler(), _fixed(C, multilabel)), features["train"], y["train"])
     fit_seconds = time.perf_counter() - start
     val_scores = _scores(train_model, features["val"], len(classes), multilabel) if has_val else None
