@@ -30,11 +30,6 @@ class BackboneCost:
     """The network up to each cut point."""
 
 
-def count_gflops(backbone: Backbone) -> float:
-    """GFLOPs of one forward pass of a single image at the backbone's configured input size (the whole network)."""
-    return cut_costs(backbone.name, backbone.data_config["input_size"])[-1].gflops
-
-
 def backbone_cost(backbone: Backbone, cache: FeatureCache, extraction: ExtractionReport) -> BackboneCost:
     """Cost of ``backbone``: counted once per cache identity, speed updated whenever extraction just ran."""
     path = cache.directory / COST_FILE
