@@ -5,7 +5,7 @@ then the test score of: always Lite0; the backbone whose probe has the best cros
 planned run keeps); the same but switching away from Lite0 only past a margin; and the average of the probes'
 probabilities (an ensemble). Choices use training data only (CV); the test column only judges.
 
-    python bench/backbone_choice.py [--only a,b] [--cache bench/data/cache]
+    python bench/backbone_choice.py [--only a,b] [--cache bench/data/cache] [--image-size 224]
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ def main() -> None:
     parser.add_argument("--only")
     parser.add_argument("--cache", type=Path, default=quality.ROOT / "bench" / "data" / "cache")
     parser.add_argument("--margins", default="0.005,0.01,0.02", help="CV log-likelihood margins to try")
+    parser.add_argument("--image-size", type=int, help="every backbone at this input size (default: its own)")
     args = parser.parse_args()
     torch.set_num_threads(2)
     import logging
@@ -55,7 +56,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory(prefix="choice-runs-") as runs:
             for name in names:
                 result = run(
-                    RunConfig(str(train_path), test=str(test_path), backbone=name),
+                    RunConfig(str(train_path), test=str(test_path), backbone=name, image_size=args.image_size),
                     runs_dir=runs,
                     cache_dir=args.cache,
                     progress=False,
