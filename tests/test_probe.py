@@ -74,7 +74,7 @@ def test_large_data_chooses_c_on_a_stratified_sample_and_fits_on_every_row(monke
     assert sampled.model[-1].coef_.shape == (4, 16) and not hasattr(sampled.model[-1], "Cs_")  # refit at one C
     assert sampled.C in linear.C_GRID and sampled.cv_score is not None
     assert abs(sampled.metrics["test"]["accuracy"] - full.metrics["test"]["accuracy"]) <= 0.03
-    rows = linear._cv_rows(np.concatenate([targets["train"], targets["val"]]), None, 0)
+    rows = linear.cv_rows(np.concatenate([targets["train"], targets["val"]]), None, 0)
     assert np.bincount(np.concatenate([targets["train"], targets["val"]])[rows]).min() >= 45  # every class's share
 
 
@@ -83,6 +83,6 @@ def test_sampled_cv_keeps_whole_groups(monkeypatch) -> None:
 
     monkeypatch.setattr(linear, "CV_ROWS", 100)
     groups = np.repeat(np.arange(60), 5)  # 300 rows, 60 groups of 5
-    rows = linear._cv_rows(np.zeros(300, dtype=int), groups, 0)
+    rows = linear.cv_rows(np.zeros(300, dtype=int), groups, 0)
     taken = set(groups[rows].tolist())
     assert len(rows) == 5 * len(taken) and 100 <= len(rows) <= 105

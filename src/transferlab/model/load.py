@@ -21,6 +21,7 @@ from transferlab.backbones.registry import weights_files
 from transferlab.errors import TransferlabError
 from transferlab.fileio import read_json
 from transferlab.heads import HeadSpec
+from transferlab.model.ensemble import AveragedModel
 from transferlab.model.network import CPU, CutModel, build_model, load_saved_state
 from transferlab.model.probe_head import ProbeHead
 from transferlab.record import layout
@@ -32,7 +33,7 @@ PREPROCESSING_KEYS = ("input_size", "interpolation", "mean", "std", "crop_pct", 
 class LoadedModel:
     """The network plus what is needed to use it: preprocessing, class names and multi-label thresholds."""
 
-    module: CutModel
+    module: CutModel | AveragedModel
     classes: list[str]
     multilabel: bool
     thresholds: list[float] | None
@@ -64,10 +65,10 @@ def _preprocessing(data_config: dict[str, Any]) -> dict[str, Any]:
     return {key: data_config[key] for key in PREPROCESSING_KEYS if key in data_config}
 
 
-def _load_probe(run: Path) -> tuple[CutModel, dict[str, Any], dict[str, Any]]:
-    saved = _read(run / layout.PROBE_META)
+def _load_probe(run: Path, folder: Path | None = None) -> tuple[CutModel, dict[str, Any], dict[str, Any]]:
+    """Backbone + the probe saved in ``folder`` (default: the run directory itself; an ensemble member's folder)."""
+    saved = _read((folder or run) / layout.PROBE_META)
     config = _read(run / layout.CONFIG)
-    record = _read(run / layout.RECORD)
     files = weights_files(config.get("weights"), config.get("backbone", saved["backbone"]), config.get("backbones"))
     backbone = load_backbone(
         saved["backbone"],
@@ -80,14 +81,26 @@ def _load_probe(run: Path) -> tuple[CutModel, dict[str, Any], dict[str, Any]]:
             f"{run}: the weights found for {saved['backbone']} ({backbone.weights.path}) are not the ones this run "
             f"used (sha256 {backbone.weights.sha256[:12]} != {saved['weights_sha256'][:12]})"
         )
-    tensors = {name: tensor.numpy() for name, tensor in read_weights(run / layout.PROBE_WEIGHTS).items()}
+    tensors = {name: tensor.numpy() for name, tensor in read_weights((folder or run) / layout.PROBE_WEIGHTS).items()}
     head = ProbeHead(tensors, len(saved["classes"]), saved["multilabel"])
-    preprocessing = record.get("backbone", {}).get("preprocessing") or backbone.data_config
+    # (runs before ensembles recorded the preprocessing in record.json only)
+    preprocessing = saved.get("preprocessing") or _read(run / layout.RECORD).get("backbone", {}).get("preprocessing")
+    preprocessing = preprocessing or backbone.data_config
     if JOIN in saved["cut_point"]:  # several depths side by side: the network stays whole
         joined = cut_indices(backbone.model, saved["cut_point"])
         return CutModel(backbone.model, head, None, pooled=True, joined=joined), saved, preprocessing
     body, index = cut_network(backbone.model, saved["cut_point"])
     return CutModel(body, head, index, pooled=True), saved, preprocessing
+
+
+def _load_ensemble(run: Path) -> tuple[AveragedModel, dict[str, Any], dict[str, Any]]:
+    """Every member's backbone + probe behind one input normalized as the first member's (ensemble.json)."""
+    saved = _read(run / layout.ENSEMBLE)
+    loaded = [_load_probe(run, run / folder) for folder in saved["members"]]
+    module = AveragedModel([m for m, _, _ in loaded], [_preprocessing(p) for _, _, p in loaded])
+    names = "+".join(meta["backbone"] for _, meta, _ in loaded)
+    cut_points = "+".join(meta["cut_point"] for _, meta, _ in loaded)
+    return module, {**saved, "backbone": names, "cut_point": cut_points}, loaded[0][2]
 
 
 def _load_finetuned(run: Path) -> tuple[CutModel, dict[str, Any], dict[str, Any]]:
@@ -104,14 +117,16 @@ def _load_finetuned(run: Path) -> tuple[CutModel, dict[str, Any], dict[str, Any]
 
 def load_run_model(run_dir: str | Path, device: torch.device = CPU) -> LoadedModel:
     """The run's deployed model in eval mode on ``device``: the fine-tuned network if it has one and ``deployed.json``
-    does not name the probe (fine-tuning that lost to it on validation), else backbone + probe."""
+    does not name the probe (fine-tuning that lost to it on validation), the averaged probes of several backbones
+    where ``deployed.json`` names the ensemble, else backbone + probe."""
     run = Path(run_dir)
     if not run.is_dir():
         raise TransferlabError(f"run directory not found: {run}")
     deployed = read_json(run / layout.DEPLOYED) if (run / layout.DEPLOYED).is_file() else {}
     fine_tuned = (run / layout.FINETUNED_META).is_file() and deployed.get("stage", "fine-tuning") == "fine-tuning"
-    kind = "finetuned" if fine_tuned else "probe"
-    module, saved, preprocessing = (_load_finetuned if kind == "finetuned" else _load_probe)(run)
+    kind = "finetuned" if fine_tuned else "ensemble" if deployed.get("stage") == "ensemble" else "probe"
+    loader = {"finetuned": _load_finetuned, "ensemble": _load_ensemble, "probe": _load_probe}[kind]
+    module, saved, preprocessing = loader(run)
     module.device = device
     return LoadedModel(
         module.to(device).eval(),

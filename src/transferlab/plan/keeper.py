@@ -28,6 +28,7 @@ class Unplanned:
     """No budget: every stage runs as configured, with no grant and no deadline."""
 
     granted: float | None = None
+    planned = False  # a plan chooses among several backbones itself (no ranking first)
 
     def configure(self, config: RunConfig) -> RunConfig:
         return config
@@ -61,6 +62,7 @@ class Budget(Unplanned):
         self.plan, self.clock, self.progress = plan, clock, progress
         self.granted: float | None = None
         self.begun = 0.0
+        self.planned = True
 
     def configure(self, config: RunConfig) -> RunConfig:
         return planned_config(config, self.plan)

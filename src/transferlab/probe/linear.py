@@ -74,10 +74,10 @@ class ProbeResult:
 
     def predict_scores(self, features: np.ndarray) -> np.ndarray:
         """The deployed probe's class probabilities (absent-from-train classes at 0), or per-label sigmoid scores."""
-        return _scores(self.model, features, self.n_classes, self.multilabel)
+        return class_scores(self.model, features, self.n_classes, self.multilabel)
 
 
-def _scores(model: Pipeline, features: np.ndarray, n_classes: int, multilabel: bool) -> np.ndarray:
+def class_scores(model: Pipeline, features: np.ndarray, n_classes: int, multilabel: bool) -> np.ndarray:
     if multilabel:
         return model.predict_proba(features)[:, :n_classes]
     probabilities = model.predict_proba(features)
@@ -145,7 +145,7 @@ def _selecting_binary(y: np.ndarray, seed: int, group_folds: list[Any] | None) -
     return _cv_logistic(StratifiedKFold(n_splits=min(MAX_FOLDS, smallest), shuffle=True, random_state=seed))
 
 
-def _fixed(C: float | list[float], multilabel: bool) -> Any:
+def fixed_model(C: float | list[float], multilabel: bool) -> Any:
     """The same model at the C already chosen (per label for multi-label)."""
     if not multilabel:
         return LogisticRegression(C=float(C), max_iter=3000)  # type: ignore[arg-type]
@@ -173,7 +173,7 @@ def fit_probe(
     has_val = "val" in features and len(y["val"]) > 0
     fit_x = np.concatenate([features["train"], features["val"]]) if has_val else features["train"]
     fit_y = np.concatenate([y["train"], y["val"]]) if has_val else y["train"]
-    rows = _cv_rows(fit_y, groups, seed)
+    rows = cv_rows(fit_y, groups, seed)
     sampled = len(rows) < len(fit_y)
     if sampled:  # (indexing copies the matrix: only when a sample is really taken)
         search_x, search_y, search_groups = fit_x[rows], fit_y[rows], None if groups is None else groups[rows]
@@ -184,10 +184,10 @@ def fit_probe(
     model = search
     if sampled:
         logger.info("probe: C chosen by CV on %d of %d images, then fit on all of them", len(rows), len(fit_y))
-        model = _fit(make_pipeline(ChannelScaler(), _fixed(C, multilabel)), fit_x, fit_y)
-    train_model = _fit(make_pipeline(ChannelScaler(), _fixed(C, multilabel)), features["train"], y["train"])
+        model = _fit(make_pipeline(ChannelScaler(), fixed_model(C, multilabel)), fit_x, fit_y)
+    train_model = _fit(make_pipeline(ChannelScaler(), fixed_model(C, multilabel)), features["train"], y["train"])
     fit_seconds = time.perf_counter() - start
-    val_scores = _scores(train_model, features["val"], len(classes), multilabel) if has_val else None
+    val_scores = class_scores(train_model, features["val"], len(classes), multilabel) if has_val else None
     thresholds = tune_thresholds(y["val"], val_scores) if multilabel and val_scores is not None else None
     probe = ProbeResult(
         model, train_model, C, thresholds, {}, fit_seconds, len(classes), multilabel, len(fit_y), val_scores
@@ -197,12 +197,12 @@ def fit_probe(
     for split_name, split_features in features.items():
         if len(split_features):
             scorer = model if split_name == "test" else train_model
-            scores = _scores(scorer, split_features, len(classes), multilabel)
+            scores = class_scores(scorer, split_features, len(classes), multilabel)
             probe.metrics[split_name] = classification_metrics(y[split_name], scores, classes, thresholds)
     return probe
 
 
-def _cv_rows(y: np.ndarray, groups: np.ndarray | None, seed: int) -> np.ndarray:
+def cv_rows(y: np.ndarray, groups: np.ndarray | None, seed: int) -> np.ndarray:
     """Every row, or a seeded sample of :data:`CV_ROWS`: the same share of each class (single-label), whole
     groups (so folds stay grouped), or uniform rows (multi-label); sorted, so the sample keeps the data's order."""
     n = len(y)

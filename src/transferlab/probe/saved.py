@@ -14,17 +14,20 @@ from transferlab.record import layout
 
 
 def save_probe(
-    run_path: Path, probe: Any, classes: list[str], cut_point: str, backbone: dict[str, Any], multilabel: bool
+    folder: Path, probe: Any, classes: list[str], cut_point: str, backbone: dict[str, Any], multilabel: bool
 ) -> None:
+    """``probe.safetensors`` + ``probe.json`` in ``folder`` (the run directory, or an ensemble member's folder);
+    ``backbone`` is the backbone's identity (name, weights digest, the preprocessing its features saw)."""
     tensors = {k: np.ascontiguousarray(v) for k, v in probe_tensors(probe.model).items()}
-    atomic_write_bytes(run_path / layout.PROBE_WEIGHTS, save_tensors(tensors))
+    atomic_write_bytes(folder / layout.PROBE_WEIGHTS, save_tensors(tensors))
     write_json(
-        run_path / layout.PROBE_META,
+        folder / layout.PROBE_META,
         {
             "classes": classes,
             "cut_point": cut_point,
             "backbone": backbone["backbone"],
             "weights_sha256": backbone["weights_sha256"],
+            "preprocessing": backbone["preprocessing"],
             "multilabel": multilabel,
             "thresholds": None if probe.thresholds is None else probe.thresholds.tolist(),
         },

@@ -54,6 +54,7 @@ class RunFiles:
     fractions: dict[str, Any] | None = None
     finetune: dict[str, Any] | None = None
     deployed: dict[str, Any] | None = None
+    ensemble: dict[str, Any] | None = None
     split_rows: list[dict[str, str]] = field(default_factory=list)
     predictions: list[dict[str, str]] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
@@ -79,13 +80,15 @@ class RunFiles:
 
     def final_metrics(self) -> tuple[str, dict[str, dict[str, Any]]]:
         """The deployed model's metrics per split and which stage produced it: what ``deployed.json`` says (``run``
-        writes it), else fine-tuning > head search > probe.
+        writes it: the probe, the ensemble of probes or fine-tuning), else fine-tuning > head search > probe.
 
         Later stages store only test metrics; the probe's ``metrics.json`` has all three splits.
         """
         stage = (self.deployed or {}).get("stage")
         if stage == "probe":
             return stage, self.metrics
+        if stage == "ensemble" and self.ensemble:
+            return stage, self.ensemble.get("metrics", {})
         for stage, payload in (("fine-tuning", self.finetune), ("head search", self.search)):
             if payload and payload.get("test_metrics"):
                 return stage, {"test": payload["test_metrics"]}
@@ -138,6 +141,7 @@ def load_run(run_path: str | Path) -> RunFiles:
         fractions=_json(path / layout.FRACTIONS),
         finetune=_json(path / layout.FINETUNE),
         deployed=_json(path / layout.DEPLOYED),
+        ensemble=_json(path / layout.ENSEMBLE),
         split_rows=_csv(path / layout.SPLIT),
         predictions=_csv(path / layout.PREDICTIONS),
         problems=[line for line in problems if line.strip()],

@@ -41,6 +41,10 @@ def _metric_keys(run: RunFiles) -> list[str]:
 def _results(run: RunFiles) -> list[dict[str, Any]]:
     """One table row per (model, split): the probe on every split, later stages on test."""
     rows = [{"model": "linear probe", "split": split, **values} for split, values in run.metrics.items()]
+    if run.ensemble:
+        members = " + ".join(run.ensemble.get("evidence", {}).get("members", []))
+        model = f"probes of {members} averaged"
+        rows += [{"model": model, "split": split, **values} for split, values in run.ensemble["metrics"].items()]
     search = run.search or {}
     members = (search.get("ensemble") or {}).get("trials") or []
     searched = [("best searched head", search)]
