@@ -13,6 +13,7 @@ import torch
 from conftest import TINY_BACKBONE, TINY_SIZE, run_with
 from safetensors.torch import save_file
 
+from transferlab.export.onnx import export_onnx
 from transferlab.model.ensemble import AveragedModel, same_geometry
 from transferlab.predict.predictor import load_predictor, predict_paths
 from transferlab.probe import fit_probe
@@ -128,3 +129,6 @@ def test_a_deployed_ensemble_predicts_what_the_run_scored(
     # the run scored cached fp32 features; the predictor runs both networks on the images: the same numbers
     assert np.abs(served.scores - recorded).max() < 1e-3
     assert "averaged" in (result.run_dir / layout.REPORT).read_text()
+    exported = export_onnx(result.run_dir)  # one graph, both networks; checked against PyTorch on the spot
+    assert exported.max_abs_diff <= 1e-4
+    assert json.loads(exported.preprocessing_path.read_text())["model_kind"] == "ensemble"
