@@ -48,8 +48,11 @@ def planned_run(train: Path, test_path: Path, test: quality.Split, limit: float 
             metric = quality.score(test, quality.predictor_scores(result.run_dir, test))
         plan_file = result.run_dir / layout.PLAN
         plan = json.loads(plan_file.read_text()) if plan_file.is_file() else {"steps": []}
-    ran = [s["stage"].replace("probe tf_efficientnet_", "") for s in plan["steps"] if s["status"] == "done"]
+    short = lambda stage: stage.replace("probe tf_efficientnet_", "").replace(" of probes", "")  # noqa: E731
+    ran = [short(s["stage"]) for s in plan["steps"] if s["status"] == "done"]
+    skipped = [f"{short(s['stage'])} ({s['note']})" for s in plan["steps"] if s["status"] in ("skipped", "stopped")]
     return {
+        "skipped": "; ".join(skipped),
         "metric": metric,
         "seconds": seconds,
         "within": limit is None or seconds <= max(limit * (1 + MARGIN), limit + MARGIN_SECONDS),
@@ -90,7 +93,8 @@ def main() -> None:
                 print(f"  {info.name} {label}: {error}", flush=True)
                 rows.append([info.name, label, "–", "refused", str(error)[:60], "", "", "–"])
                 continue
-            print(f"  {info.name} {label}: {out['metric']:.4f} in {out['seconds']:.0f} s ({out['ran']})", flush=True)
+            ran = out["ran"] + (f"; skipped {out['skipped']}" if out["skipped"] else "")
+            print(f"  {info.name} {label}: {out['metric']:.4f} in {out['seconds']:.0f} s ({ran})", flush=True)
             by_budget[limit].append(out)
             rows.append(
                 [

@@ -7,7 +7,9 @@ For each dataset of ``scripts/make_quality_suite.py`` (built on demand), on its 
       cache), ``StandardScaler`` + ``LogisticRegressionCV`` (multinomial; one logistic regression per label for
       multi-label), timed end to end;
   (b) ``transferlab.pipeline.run`` with every default (``test=`` the test folder / CSV), fresh cache each time;
-  (c) the same with ``trials=20`` and ``finetune={"unfreeze": "top:3", "epochs": 4}`` (slow; ``--modes a,b,c``).
+  (c) the same with ``trials=20`` and ``finetune={"unfreeze": "top:3", "epochs": 4}`` (slow; ``--modes a,b,c``);
+  (e) a planned run probing all three packaged EfficientNet-Lites at Lite0's input size, their probes averaged
+      where that cross-validates better out-of-fold than the best alone (``--modes a,b,e``).
 
 The metric is accuracy (single-label) or macro mAP (multi-label), each mode's wall seconds beside it; then each
 mode's difference from (a) with a paired bootstrap 95% interval over test images, a MEAN row and a sign count.
@@ -52,7 +54,10 @@ MODES = {
     "a": "probe (a)",
     "b": "run (b)",
     "c": "search+ft (c)",
+    "e": "3 probes (e)",
 }
+ENSEMBLE = {"backbones": ["tf_efficientnet_lite0", "tf_efficientnet_lite1", "tf_efficientnet_lite2"]}
+ENSEMBLE |= {"preset": "fast", "time_limit": 3600}  # probes only, every one of the three, no time pressure
 FINETUNE = {"unfreeze": "top:3", "epochs": 4}
 TRIALS = 20
 
@@ -222,6 +227,8 @@ def reported_test_metric(result) -> float | None:
         values = result.stage_test_metrics.get("fine-tune") or {}
     elif stage == "probe":
         values = result.metrics.get("test") or {}
+    elif stage == "ensemble":
+        values = result.stage_test_metrics.get("ensemble") or {}
     else:
         stages = list(result.stage_test_metrics.values())
         values = stages[-1] if stages else result.metrics.get("test") or {}
@@ -239,6 +246,8 @@ def transferlab_run(train_path: Path, test_path: Path, test: Split, mode: str, i
     options = {"data": str(train_path), "seed": seed, "image_size": image_size}
     if mode == "c":
         options |= {"trials": TRIALS, "finetune": dict(FINETUNE)}
+    if mode == "e":
+        options |= ENSEMBLE
     if with_test:
         options["test"] = str(test_path)
         note = ""
@@ -314,7 +323,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--suite", type=Path, default=ROOT / "bench" / "data" / "quality")
     parser.add_argument("--only", help="comma-separated dataset names (default: the whole suite)")
-    parser.add_argument("--modes", default="a,b", help="a (probe baseline), b (run defaults), c (search+fine-tune)")
+    modes_help = "a (probe baseline), b (run defaults), c (search+fine-tune), e (3 probes)"
+    parser.add_argument("--modes", default="a,b", help=modes_help)
     parser.add_argument("--image-size", type=int, help="default: the backbone's own")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--bootstrap", type=int, default=2000, help="paired bootstrap resamples")

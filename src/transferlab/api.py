@@ -17,7 +17,7 @@ import numpy as np
 from sklearn.base import BaseEstimator
 
 from transferlab.backbones import DEFAULT_BACKBONE
-from transferlab.backbones.model import HEAD
+from transferlab.backbones.cut import HEAD
 from transferlab.config import WHOLE_IMAGE, RunConfig
 from transferlab.data import load_dataset
 from transferlab.errors import TransferlabError

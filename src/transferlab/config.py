@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from transferlab import budget, devices
-from transferlab.backbones.model import HEAD
+from transferlab.backbones.cut import HEAD
 from transferlab.backbones.registry import DEFAULT_BACKBONE, WeightsOption, weights_files
 from transferlab.errors import require, unknown_fields
 

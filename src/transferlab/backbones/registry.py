@@ -10,8 +10,6 @@ import importlib.resources
 from dataclasses import dataclass
 from pathlib import Path
 
-import timm
-
 from transferlab.errors import TransferlabError
 from transferlab.fileio import sha256_file
 
@@ -58,6 +56,8 @@ def hf_cached_weights(name: str) -> Path | None:
         from huggingface_hub import try_to_load_from_cache
     except ImportError:
         return None
+    import timm  # (deferred here and below: timm pulls torchvision, and the CLI's --help needs neither)
+
     try:
         hub_id = timm.models.get_pretrained_cfg(name).hf_hub_id if timm.models.get_pretrained_cfg(name) else None
     except (RuntimeError, ValueError):
@@ -73,6 +73,7 @@ def hf_cached_weights(name: str) -> Path | None:
 
 def hub_download(name: str) -> Path:
     """Fetch weights from the Hugging Face hub (only with ``allow_download``; tests never do this)."""
+    import timm
     from huggingface_hub import hf_hub_download
 
     config = timm.models.get_pretrained_cfg(name)
@@ -88,6 +89,8 @@ def hub_download(name: str) -> Path:
 
 
 def check_model_name(name: str) -> None:
+    import timm
+
     if not timm.is_model(name.split(".")[0]):
         close = timm.list_models(f"*{name.split('.')[0][:6]}*")[:8]
         hint = f" (similar: {', '.join(close)})" if close else ""
@@ -166,6 +169,8 @@ class BackboneEntry:
 
 def available_backbones() -> list[BackboneEntry]:
     """Packaged defaults plus every timm model with weights in the local Hugging Face cache."""
+    import timm
+
     entries = [
         BackboneEntry(name, str(packaged_weights(name)) if packaged_weights(name) else None)
         for name in PACKAGED_WEIGHTS

@@ -7,7 +7,7 @@ from typing import Any
 
 from transferlab import devices
 from transferlab.backbones import DEFAULT_BACKBONE
-from transferlab.backbones.model import HEAD
+from transferlab.backbones.cut import HEAD
 from transferlab.config import WHOLE_IMAGE, RunConfig
 
 

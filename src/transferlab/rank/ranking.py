@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from transferlab.backbones.model import HEAD
+from transferlab.backbones.cut import HEAD
 from transferlab.backbones.registry import check_model_name, resolve_weights
 from transferlab.config import RunConfig
 from transferlab.data.split import cv_folds
