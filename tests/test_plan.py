@@ -159,3 +159,31 @@ def test_extraction_past_its_deadline_stops_and_keeps_what_it_cached(tmp_path: P
     assert len(digests) - len(cache.missing(digests)) == 4  # the finished batch is cached
     report = extract_features(backbone, paths, digests, cache, **options)
     assert report.cached == 4 and report.computed == 14
+
+
+def test_a_backbone_that_may_fit_is_planned_as_optional_and_marked_when_not_reached(
+    class_folder: Path, tiny_run_options: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Costs injected (measured under load they run long): a second backbone estimated at up to twice the time
+    left is planned as optional; one far past it is not planned; a step never reached reads 'skipped'."""
+    from transferlab.plan import planner
+    from transferlab.plan.costs import BackboneCost
+    from transferlab.plan.keeper import Budget
+    from transferlab.record import RunDir
+
+    def cost(name: str, forward: float) -> BackboneCost:
+        return BackboneCost(name, None, 64, 0.0, forward, forward, forward, 36, 0, 64)
+
+    config = _config(class_folder, tiny_run_options, time_limit=60)
+    for forward, planned in ((2.0, True), (10.0, False)):  # 36 images: ~73 s (≤ 2× the ~50 s left) vs ~360 s
+        costs = {config.backbone: cost(config.backbone, 0.1), "second": cost("second", forward)}
+        monkeypatch.setattr(planner, "measure_backbone", lambda _c, name, *rest, costs=costs: costs[name])
+        monkeypatch.setattr(planner, "_candidates", lambda *_: [(config.backbone, None), ("second", None)])
+        plan = planner.make_plan(config, Clock(60), tiny_run_options["cache_dir"])
+        assert ("second" in plan.backbones) == planned
+        if planned:
+            step = plan.step("probe second")
+            assert "finish early" in step.note and plan.step(planner.ENSEMBLE_STAGE).status == "planned"
+            run_dir = RunDir(Path(tiny_run_options["runs_dir"]), "optional")
+            Budget(plan, Clock(60), progress=False).close(run_dir)
+            assert {s.status for s in plan.steps} == {"skipped"}  # nothing ran here: every step says so

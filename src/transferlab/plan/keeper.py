@@ -101,6 +101,9 @@ class Budget(Unplanned):
         return {**self.plan.to_json(), "elapsed_seconds": self.clock.elapsed()}
 
     def close(self, run_dir: RunDir) -> None:
+        for step in self.plan.steps:
+            if step.status == "planned":  # (an optional probe, or the ensemble of probes that did not happen)
+                step.status, step.note = "skipped", step.note or "not reached"
         run_dir.write_json(layout.PLAN, self.record())
         elapsed, limit = self.clock.elapsed(), self.clock.limit
         verdict = f"{format_duration(elapsed - limit)} over" if elapsed > limit else "within it"
