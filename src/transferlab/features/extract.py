@@ -186,6 +186,7 @@ def decide_precision(
         return Precision(saved["name"], saved.get("min_cosine", saved.get("bf16_min_cosine")), device.type)
     batch = torch.stack(images).contiguous(memory_format=torch.channels_last)
     precision = choose_precision(backbone, batch, device)
+    devices.trim_host_memory()
     memo.parent.mkdir(parents=True, exist_ok=True)
     write_json(memo, {"name": precision.name, "min_cosine": precision.min_cosine})
     return precision
@@ -236,6 +237,12 @@ class _Forward:
         self.limit = max(1, self.limit // 2)
 
 
+def input_size(backbone: Backbone) -> int | None:
+    """The side (px) of the images ``backbone`` is fed (None: a stand-in that does not say)."""
+    config = getattr(backbone, "data_config", None)
+    return int(config["input_size"][-1]) if config else None
+
+
 def extract_features(
     backbone: Backbone,
     paths: list[Path],
@@ -261,7 +268,7 @@ def extract_features(
     share (:func:`rank_share`), waits for the other ranks and re-reads the cache, so on return ``cache`` holds
     every image that could be decoded, on every rank. The report counts this rank's images and failures only.
     """
-    batch_size = batch_size or devices.default_batch_size(device)
+    batch_size = batch_size or devices.default_batch_size(device, input_size(backbone))
     report = ExtractionReport(
         precision=precision.name, min_cosine=precision.min_cosine, device=device.type, batch_size=batch_size
     )
@@ -361,6 +368,7 @@ def _compute(
                 raise OutOfTime(f"{backbone.name}: out of time after {report.computed} of {len(todo)} images")
     _flush(cache, pending_digests, pending)
     model.to(memory_format=torch.contiguous_format)
+    devices.trim_host_memory()  # the activations' freed pages, before the next pass or the probe
     report.batch_size = forward.limit
     # Every copy of an undecodable file is reported, not only the one that was decoded.
     report.failed = {str(p): failed_digests[d] for p, d in zip(paths, digests, strict=True) if d in failed_digests}
