@@ -216,3 +216,28 @@ def test_default_cpu_batch_at_224_px_caches_the_same_bits_as_the_old_batch_of_32
     assert report.batch_size == 8
     for name in loaded[0]:
         assert np.array_equal(loaded[0][name], loaded[1][name]), name
+
+
+def test_features_read_split_by_split_equal_the_whole_matrix_split(
+    tmp_path: Path, tiny_weights: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each split is read straight from the shards (bf16 train rows, fp32 held-out rows): the same arrays as every
+    row's matrix read at once and then split, for a single and a joined cut point."""
+    from transferlab.backbones.cut import cut_parts, deep_join
+    from transferlab.data.split import SPLITS
+    from transferlab.features.extract import load_features
+
+    config = RunConfig(
+        str(make_class_folder(tmp_path / "data")), TINY_BACKBONE, str(tiny_weights), image_size=TINY_SIZE
+    )
+    monkeypatch.setattr("transferlab.prepare.decide_precision", lambda *_: Precision("bf16", 0.999))
+    prepared = prepare(config, cache_dir=tmp_path / "cache", progress=False)
+    assert prepared.held_out is not None
+    for cut_point in ("head", deep_join(prepared.backbone.model)):
+        parts = [load_features(prepared.cache, prepared.held_out, prepared.hashes, p) for p in cut_parts(cut_point)]
+        whole = np.concatenate(parts, axis=1)
+        by_split = prepared.features(cut_point)
+        for split_name in SPLITS:
+            expected = whole[prepared.split.indices(split_name)]
+            assert by_split[split_name].dtype == expected.dtype
+            np.testing.assert_array_equal(by_split[split_name], expected)

@@ -430,17 +430,27 @@ def extract_split(
     return cache, report, extract_held_out(backbone, paths, digests, held, open_cache, precision, **options)
 
 
-def load_features(cache: FeatureCache, held_out: HeldOut | None, digests: list[str], name: str) -> np.ndarray:
-    """``name`` features of every digest: held-out rows from their fp32 cache, the others from ``cache`` (held-out
-    rows need not be in ``cache`` at all: each image is computed at the precision it is used at)."""
+def load_features(
+    cache: FeatureCache, held_out: HeldOut | None, digests: list[str], name: str, rows: np.ndarray | None = None
+) -> np.ndarray:
+    """``name`` features of every digest, or of ``rows`` (positions in ``digests``) in that order: held-out rows
+    from their fp32 cache, the others from ``cache`` (held-out rows need not be in ``cache`` at all: each image is
+    computed at the precision it is used at).
+
+    ``rows`` reads one split at a time straight from the shards, so a caller never holds every image's matrix and
+    its split copies at once (at 100k images the joined cut point's matrix alone is ~700 MB)."""
+    rows = np.arange(len(digests)) if rows is None else np.asarray(rows, dtype=np.int64)
     if held_out is None:
-        return cache.load(digests, [name])[name]
-    held = held_out.cache.load([digests[int(i)] for i in held_out.rows], [name])[name]
-    others = np.setdiff1d(np.arange(len(digests)), held_out.rows)
-    matrix = np.empty((len(digests), *held.shape[1:]), dtype=held.dtype)
-    if len(others):
-        matrix[others] = cache.load([digests[int(i)] for i in others], [name])[name]
-    matrix[held_out.rows] = held
+        return cache.load([digests[int(i)] for i in rows], [name])[name]
+    is_held = np.isin(rows, held_out.rows)
+    held = held_out.cache.load([digests[int(i)] for i in rows[is_held]], [name]).get(name)
+    others = cache.load([digests[int(i)] for i in rows[~is_held]], [name]).get(name)
+    if held is None or others is None:
+        return others if held is None else held
+    matrix = np.empty((len(rows), *held.shape[1:]), dtype=held.dtype)
+    matrix[~is_held] = others
+    del others
+    matrix[is_held] = held
     return matrix
 
 
