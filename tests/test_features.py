@@ -194,19 +194,19 @@ def test_each_image_gets_one_forward_pass_per_precision_it_is_used_at(
 
 
 @pytest.mark.parametrize("precision", [FP32, Precision("bf16", 0.999)])
-def test_default_cpu_batch_at_224_px_caches_the_same_bits_as_the_old_batch_of_32(
+def test_default_cpu_forward_passes_at_224_px_cache_the_same_bits_as_passes_of_32(
     tmp_path: Path, precision: Precision
 ) -> None:
-    """Batches of 8 at 224 px (a quarter of the activations of 32) cache bit-identical features, so caches written
-    with the old default of 32 stay valid and a run's results do not change."""
+    """Forward passes of 8 at 224 px (a quarter of the activations of 32) cache bit-identical features, so caches
+    written with passes of 32 stay valid and a run's results do not change."""
     from transferlab import devices
 
     backbone = load_backbone(DEFAULT_BACKBONE, image_size=224)
-    assert devices.default_batch_size(devices.CPU, 224) == 8 and devices.default_batch_size(devices.CPU, 96) == 32
+    assert devices.forward_batch_size(devices.CPU, 224) == 8 and devices.forward_batch_size(devices.CPU, 96) == 32
     paths = _files(tmp_path / "img", n=16)
     digests = [content_hash(p) for p in paths]
     loaded = []
-    for batch_size in (32, None):  # None: the default for 224 px
+    for batch_size in (32, None):  # None: the default, batches of 32 in passes of 8 at 224 px
         cache = feature_cache(backbone, tmp_path / f"cache-{batch_size}", precision)
         report = extract_features(
             backbone, paths, digests, cache, precision=precision, workers=0, progress=False, batch_size=batch_size

@@ -143,22 +143,25 @@ def _malloc_trim() -> Any:
         return None
 
 
-CPU_BATCH_PIXELS = 8 * 224 * 224
-"""Input pixels per CPU extraction batch: 8 images at 224 px. A batch's activations are what a run's peak memory is
-made of (32 at 224 px: +640 MB over the rest of the run, 8: +200 MB), and on 2 cores 8 ran as fast as 32 or faster
-when the machine was not overloaded (docs/benchmarks.md, "Scale ... (issue 14)")."""
+def default_batch_size(device: torch.device) -> int:
+    """Images per extraction batch when the user gives none: 32 on the CPU (larger batches do not run faster
+    there), 128 on an accelerator (fills it better; out-of-memory halves it, see ``features.extract``)."""
+    return 32 if device.type == "cpu" else 128
 
 
-def default_batch_size(device: torch.device, image_size: int | None = None) -> int:
-    """Images per extraction batch when the user gives none: 128 on an accelerator (fills it better; out-of-memory
-    halves it, see ``features.extract``); on the CPU 32, or for ``image_size`` (px) as many as hold
-    :data:`CPU_BATCH_PIXELS`, between 8 and 32 (larger batches do not run faster there, they only hold more memory).
-    The features do not depend on it (tests/test_features.py)."""
-    if device.type != "cpu":
-        return 128
-    if image_size is None:
-        return 32
-    return min(32, max(8, CPU_BATCH_PIXELS // (image_size * image_size)))
+CPU_FORWARD_PIXELS = 8 * 224 * 224
+"""Input pixels per CPU forward pass: 8 images at 224 px. A pass's activations are what a run's peak memory is made
+of (passes of 32 at 224 px: +640 MB over the rest of the run; of 8: +200 MB); docs/benchmarks.md, "Scale ... (issue
+14)", has what it costs in speed."""
+
+
+def forward_batch_size(device: torch.device, image_size: int | None) -> int | None:
+    """Images per forward pass within a default batch: on the CPU as many as :data:`CPU_FORWARD_PIXELS` hold at
+    ``image_size`` (px), between 8 and 32; None (the whole batch) on an accelerator or for an unknown size. The
+    features do not depend on it (tests/test_features.py)."""
+    if device.type != "cpu" or not image_size:
+        return None
+    return min(32, max(8, CPU_FORWARD_PIXELS // (image_size * image_size)))
 
 
 def decode_workers(device: torch.device) -> int:

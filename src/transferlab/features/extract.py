@@ -268,7 +268,9 @@ def extract_features(
     share (:func:`rank_share`), waits for the other ranks and re-reads the cache, so on return ``cache`` holds
     every image that could be decoded, on every rank. The report counts this rank's images and failures only.
     """
-    batch_size = batch_size or devices.default_batch_size(device, input_size(backbone))
+    # a given batch is run whole; the default one is run in passes of what the device's memory budget holds
+    forward_size = batch_size or devices.forward_batch_size(device, input_size(backbone))
+    batch_size = batch_size or devices.default_batch_size(device)
     report = ExtractionReport(
         precision=precision.name, min_cosine=precision.min_cosine, device=device.type, batch_size=batch_size
     )
@@ -281,7 +283,8 @@ def extract_features(
         todo = rank_share(digests, todo, distributed)
     if todo:
         options = {"workers": workers, "progress": progress, "deadline": deadline}
-        _compute(backbone, paths, digests, todo, cache, report, device=device, batch_size=batch_size, **options)
+        options |= {"batch_size": batch_size, "forward_size": min(batch_size, forward_size or batch_size)}
+        _compute(backbone, paths, digests, todo, cache, report, device=device, **options)
     if shared:
         distributed.barrier()  # every rank's shards are on disk (renamed into place) past this line
         cache.refresh()
@@ -329,12 +332,14 @@ def _compute(
     *,
     device: torch.device,
     batch_size: int,
+    forward_size: int,
     workers: int | None,
     progress: bool,
     deadline: float | None,
 ) -> None:
-    """Run the network over ``todo`` (positions in ``paths``), write a shard every :func:`shard_size` images, and
-    fill in ``report``: images computed and failed, seconds and the batch size that fitted."""
+    """Run the network over ``todo`` (positions in ``paths``) in loader batches of ``batch_size``, each in forward
+    passes of at most ``forward_size`` images; write a shard every :func:`shard_size` images, and fill in
+    ``report``: images computed and failed, seconds and the forward pass size that fitted."""
     workers = devices.decode_workers(device) if workers is None else workers
     loader = DataLoader(
         ImageFiles([paths[i] for i in todo], backbone.transform()),
@@ -344,7 +349,7 @@ def _compute(
         **devices.loader_options(device),
     )
     model = backbone.model.to(device, memory_format=torch.channels_last)
-    forward = _Forward(backbone, device, report.precision, batch_size)
+    forward = _Forward(backbone, device, report.precision, forward_size)
     pending_digests: list[str] = []
     pending: dict[str, list[np.ndarray]] = {}
     failed_digests: dict[str, str] = {}
