@@ -194,19 +194,22 @@ def test_each_image_gets_one_forward_pass_per_precision_it_is_used_at(
 
 
 @pytest.mark.parametrize("precision", [FP32, Precision("bf16", 0.999)])
-def test_default_cpu_forward_passes_at_224_px_cache_the_same_bits_as_passes_of_32(
-    tmp_path: Path, precision: Precision
+def test_forward_passes_of_8_at_224_px_cache_the_same_bits_as_passes_of_32(
+    tmp_path: Path, precision: Precision, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Forward passes of 8 at 224 px (a quarter of the activations of 32) cache bit-identical features, so caches
-    written with passes of 32 stay valid and a run's results do not change."""
+    """Passes of 8 at 224 px ($TRANSFERLAB_FORWARD_PIXELS: a quarter of the activations of 32) cache bit-identical
+    features, so caches stay valid and results do not change: 17 images run as 6 + 6 + 5, never 8 + 8 + 1 (a lone
+    fp32 image differs by ~1e-6)."""
     from transferlab import devices
 
     backbone = load_backbone(DEFAULT_BACKBONE, image_size=224)
-    assert devices.forward_batch_size(devices.CPU, 224) == 8 and devices.forward_batch_size(devices.CPU, 96) == 32
-    paths = _files(tmp_path / "img", n=16)
+    assert devices.forward_batch_size(devices.CPU, 224) is None  # the default: the whole batch
+    monkeypatch.setenv("TRANSFERLAB_FORWARD_PIXELS", str(8 * 224 * 224))
+    assert devices.forward_batch_size(devices.CPU, 224) == 8 and devices.forward_batch_size(devices.CPU, 96) == 43
+    paths = _files(tmp_path / "img", n=17)
     digests = [content_hash(p) for p in paths]
     loaded = []
-    for batch_size in (32, None):  # None: the default, batches of 32 in passes of 8 at 224 px
+    for batch_size in (32, None):  # None: the default batch of 32, in passes of 8 at 224 px
         cache = feature_cache(backbone, tmp_path / f"cache-{batch_size}", precision)
         report = extract_features(
             backbone, paths, digests, cache, precision=precision, workers=0, progress=False, batch_size=batch_size

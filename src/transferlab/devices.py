@@ -149,19 +149,18 @@ def default_batch_size(device: torch.device) -> int:
     return 32 if device.type == "cpu" else 128
 
 
-CPU_FORWARD_PIXELS = 8 * 224 * 224
-"""Input pixels per CPU forward pass: 8 images at 224 px. A pass's activations are what a run's peak memory is made
-of (passes of 32 at 224 px: +640 MB over the rest of the run; of 8: +200 MB); docs/benchmarks.md, "Scale ... (issue
-14)", has what it costs in speed."""
-
-
 def forward_batch_size(device: torch.device, image_size: int | None) -> int | None:
-    """Images per forward pass within a default batch: on the CPU as many as :data:`CPU_FORWARD_PIXELS` hold at
-    ``image_size`` (px), between 8 and 32; None (the whole batch) on an accelerator or for an unknown size. The
-    features do not depend on it (tests/test_features.py)."""
-    if device.type != "cpu" or not image_size:
+    """Images per forward pass within a default batch: with ``$TRANSFERLAB_FORWARD_PIXELS`` set (e.g. 401408, 8
+    images at 224 px) as many as hold that many input pixels at ``image_size``, at least 2; else None (the whole
+    batch, the default).
+
+    A pass's activations are most of a run's peak memory: at 224 px on the CPU passes of 8 peaked 500 MB below
+    passes of 32, but extracted ~30% slower on a busy 2-core machine (docs/benchmarks.md, "Scale ... (issue 14)"),
+    so it is not the default. The features do not depend on it (tests/test_features.py)."""
+    value = os.environ.get("TRANSFERLAB_FORWARD_PIXELS", "")
+    if not value.isdigit() or not int(value) or not image_size:
         return None
-    return min(32, max(8, CPU_FORWARD_PIXELS // (image_size * image_size)))
+    return max(2, int(value) // (image_size * image_size))
 
 
 def decode_workers(device: torch.device) -> int:
