@@ -197,15 +197,18 @@ def test_each_image_gets_one_forward_pass_per_precision_it_is_used_at(
 def test_forward_passes_of_8_at_224_px_cache_the_same_bits_as_passes_of_32(
     tmp_path: Path, precision: Precision, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Passes of 8 at 224 px ($TRANSFERLAB_FORWARD_PIXELS: a quarter of the activations of 32) cache bit-identical
+    """Passes of 8 at 224 px (the CPU default: a quarter of the activations of 32) cache bit-identical
     features, so caches stay valid and results do not change: 17 images run as 6 + 6 + 5, never 8 + 8 + 1 (a lone
     fp32 image differs by ~1e-6)."""
     from transferlab import devices
 
     backbone = load_backbone(DEFAULT_BACKBONE, image_size=224)
-    assert devices.forward_batch_size(devices.CPU, 224) is None  # the default: the whole batch
-    monkeypatch.setenv("TRANSFERLAB_FORWARD_PIXELS", str(8 * 224 * 224))
+    monkeypatch.delenv("TRANSFERLAB_FORWARD_PIXELS", raising=False)
     assert devices.forward_batch_size(devices.CPU, 224) == 8 and devices.forward_batch_size(devices.CPU, 96) == 43
+    assert devices.forward_batch_size(torch.device("cuda"), 224) is None
+    monkeypatch.setenv("TRANSFERLAB_FORWARD_PIXELS", "0")
+    assert devices.forward_batch_size(devices.CPU, 224) is None  # the whole batch
+    monkeypatch.delenv("TRANSFERLAB_FORWARD_PIXELS")
     paths = _files(tmp_path / "img", n=17)
     digests = [content_hash(p) for p in paths]
     loaded = []

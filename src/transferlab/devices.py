@@ -149,18 +149,24 @@ def default_batch_size(device: torch.device) -> int:
     return 32 if device.type == "cpu" else 128
 
 
-def forward_batch_size(device: torch.device, image_size: int | None) -> int | None:
-    """Images per forward pass within a default batch: with ``$TRANSFERLAB_FORWARD_PIXELS`` set (e.g. 401408, 8
-    images at 224 px) as many as hold that many input pixels at ``image_size``, at least 2; else None (the whole
-    batch, the default).
+CPU_FORWARD_PIXELS = 8 * 224 * 224
+"""Input pixels per CPU forward pass by default (8 images at 224 px); ``$TRANSFERLAB_FORWARD_PIXELS`` overrides it
+(0: the whole batch)."""
 
-    A pass's activations are most of a run's peak memory: at 224 px on the CPU passes of 8 peaked 500 MB below
-    passes of 32, but extracted ~30% slower on a busy 2-core machine (docs/benchmarks.md, "Scale ... (issue 14)"),
-    so it is not the default. The features do not depend on it (tests/test_features.py)."""
+
+def forward_batch_size(device: torch.device, image_size: int | None) -> int | None:
+    """Images per forward pass within a default batch: on the CPU as many as hold :data:`CPU_FORWARD_PIXELS` input
+    pixels at ``image_size`` (px), at least 2; None (the whole batch) on an accelerator or for an unknown size.
+
+    A pass's activations are most of a run's peak memory: at 224 px passes of 8 peaked ~500 MB below passes of 32
+    and, alternated in one process on 2 quiet cores, extracted 29% faster (but ~30% slower while other jobs
+    overloaded the cores); docs/benchmarks.md, "Scale ... (issue 14)". The features do not depend on it
+    (tests/test_features.py)."""
     value = os.environ.get("TRANSFERLAB_FORWARD_PIXELS", "")
-    if not value.isdigit() or not int(value) or not image_size:
+    pixels = int(value) if value.isdigit() else CPU_FORWARD_PIXELS
+    if device.type != "cpu" or not pixels or not image_size:
         return None
-    return max(2, int(value) // (image_size * image_size))
+    return max(2, pixels // (image_size * image_size))
 
 
 def decode_workers(device: torch.device) -> int:

@@ -271,7 +271,7 @@ def extract_features(
     share (:func:`rank_share`), waits for the other ranks and re-reads the cache, so on return ``cache`` holds
     every image that could be decoded, on every rank. The report counts this rank's images and failures only.
     """
-    # a given batch is run whole; the default one in passes of $TRANSFERLAB_FORWARD_PIXELS (when set)
+    # a given batch is run whole; the default one in passes of what the CPU's pixel budget holds
     forward_size = batch_size or devices.forward_batch_size(device, input_size(backbone))
     batch_size = batch_size or devices.default_batch_size(device)
     report = ExtractionReport(
