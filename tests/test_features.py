@@ -191,3 +191,59 @@ def test_each_image_gets_one_forward_pass_per_precision_it_is_used_at(
     again = prepare(config, cache_dir=tmp_path / "cache", progress=False)
     again.maps()
     assert images_by_precision() == {"bf16": 0, "fp32": 0}
+
+
+@pytest.mark.parametrize("precision", [FP32, Precision("bf16", 0.999)])
+def test_forward_passes_of_8_at_224_px_cache_the_same_bits_as_passes_of_32(
+    tmp_path: Path, precision: Precision, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Passes of 8 at 224 px (the CPU default: a quarter of the activations of 32) cache bit-identical
+    features, so caches stay valid and results do not change: 17 images run as 6 + 6 + 5, never 8 + 8 + 1 (a lone
+    fp32 image differs by ~1e-6)."""
+    from transferlab import devices
+
+    backbone = load_backbone(DEFAULT_BACKBONE, image_size=224)
+    monkeypatch.delenv("TRANSFERLAB_FORWARD_PIXELS", raising=False)
+    assert devices.forward_batch_size(devices.CPU, 224) == 8 and devices.forward_batch_size(devices.CPU, 96) == 43
+    assert devices.forward_batch_size(torch.device("cuda"), 224) is None
+    monkeypatch.setenv("TRANSFERLAB_FORWARD_PIXELS", "0")
+    assert devices.forward_batch_size(devices.CPU, 224) is None  # the whole batch
+    monkeypatch.delenv("TRANSFERLAB_FORWARD_PIXELS")
+    paths = _files(tmp_path / "img", n=17)
+    digests = [content_hash(p) for p in paths]
+    loaded = []
+    for batch_size in (32, None):  # None: the default batch of 32, in passes of 8 at 224 px
+        cache = feature_cache(backbone, tmp_path / f"cache-{batch_size}", precision)
+        report = extract_features(
+            backbone, paths, digests, cache, precision=precision, workers=0, progress=False, batch_size=batch_size
+        )
+        assert report.computed == len(paths)
+        loaded.append(cache.load(digests, list(backbone.cut_dims)))
+    assert report.batch_size == 8
+    for name in loaded[0]:
+        assert np.array_equal(loaded[0][name], loaded[1][name]), name
+
+
+def test_features_read_split_by_split_equal_the_whole_matrix_split(
+    tmp_path: Path, tiny_weights: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each split is read straight from the shards (bf16 train rows, fp32 held-out rows): the same arrays as every
+    row's matrix read at once and then split, for a single and a joined cut point."""
+    from transferlab.backbones.cut import cut_parts, deep_join
+    from transferlab.data.split import SPLITS
+    from transferlab.features.extract import load_features
+
+    config = RunConfig(
+        str(make_class_folder(tmp_path / "data")), TINY_BACKBONE, str(tiny_weights), image_size=TINY_SIZE
+    )
+    monkeypatch.setattr("transferlab.prepare.decide_precision", lambda *_: Precision("bf16", 0.999))
+    prepared = prepare(config, cache_dir=tmp_path / "cache", progress=False)
+    assert prepared.held_out is not None
+    for cut_point in ("head", deep_join(prepared.backbone.model)):
+        parts = [load_features(prepared.cache, prepared.held_out, prepared.hashes, p) for p in cut_parts(cut_point)]
+        whole = np.concatenate(parts, axis=1)
+        by_split = prepared.features(cut_point)
+        for split_name in SPLITS:
+            expected = whole[prepared.split.indices(split_name)]
+            assert by_split[split_name].dtype == expected.dtype
+            np.testing.assert_array_equal(by_split[split_name], expected)

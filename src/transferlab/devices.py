@@ -8,6 +8,8 @@ never assumed.
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import logging
 import os
 import platform
@@ -120,10 +122,51 @@ def release_memory(device: torch.device) -> None:
         torch.mps.empty_cache()
 
 
+def trim_host_memory() -> None:
+    """Hand the host heap's free pages back to the system (glibc ``malloc_trim``; a no-op elsewhere).
+
+    A forward pass frees its activations, but glibc keeps the freed pages: after extracting 1,000 images at 224 px
+    the process stayed ~330 MB above where it started, and the probe that follows then peaked on top of that.
+    """
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+@functools.cache
+def _malloc_trim() -> Any:
+    if platform.system() != "Linux":
+        return None
+    try:
+        return ctypes.CDLL(None).malloc_trim  # glibc only (musl has no malloc_trim)
+    except (OSError, AttributeError):
+        return None
+
+
 def default_batch_size(device: torch.device) -> int:
     """Images per extraction batch when the user gives none: 32 on the CPU (larger batches do not run faster
     there), 128 on an accelerator (fills it better; out-of-memory halves it, see ``features.extract``)."""
     return 32 if device.type == "cpu" else 128
+
+
+CPU_FORWARD_PIXELS = 8 * 224 * 224
+"""Input pixels per CPU forward pass by default (8 images at 224 px); ``$TRANSFERLAB_FORWARD_PIXELS`` overrides it
+(0: the whole batch)."""
+
+
+def forward_batch_size(device: torch.device, image_size: int | None) -> int | None:
+    """Images per forward pass within a default batch: on the CPU as many as hold :data:`CPU_FORWARD_PIXELS` input
+    pixels at ``image_size`` (px), at least 2; None (the whole batch) on an accelerator or for an unknown size.
+
+    A pass's activations are most of a run's peak memory: at 224 px passes of 8 peaked ~500 MB below passes of 32
+    and, alternated in one process on 2 quiet cores, extracted 29% faster (but ~30% slower while other jobs
+    overloaded the cores); docs/benchmarks.md, "Scale ... (issue 14)". The features do not depend on it
+    (tests/test_features.py)."""
+    value = os.environ.get("TRANSFERLAB_FORWARD_PIXELS", "")
+    pixels = int(value) if value.isdigit() else CPU_FORWARD_PIXELS
+    if device.type != "cpu" or not pixels or not image_size:
+        return None
+    return max(2, pixels // (image_size * image_size))
 
 
 def decode_workers(device: torch.device) -> int:

@@ -7,6 +7,7 @@ stage (probe, ranking, head search, fine-tuning) starts from; it sits below all 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -81,10 +82,20 @@ class PreparedData:
     def features(self, cut_point: str | None = None) -> dict[str, np.ndarray]:
         """Cached features at ``cut_point`` (default: the configured one), per split name; validation and test
         features are fp32 (what deployment runs) even when training features are bf16."""
-        name = cut_point or self.config.cut_point
-        parts = [load_features(self.cache, self.held_out, self.hashes, part) for part in cut_parts(name)]
-        matrix = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)  # a joined cut point
-        return {s: matrix[self.split.indices(s)] for s in SPLITS}
+        parts = cut_parts(cut_point or self.config.cut_point)
+
+        def load(rows: np.ndarray) -> np.ndarray:
+            blocks = [load_features(self.cache, self.held_out, self.hashes, part, rows) for part in parts]
+            return blocks[0] if len(blocks) == 1 else np.concatenate(blocks, axis=1)  # a joined cut point
+
+        return self._by_split(load)
+
+    def _by_split(self, load: Callable[[np.ndarray], np.ndarray]) -> dict[str, np.ndarray]:
+        """``load(rows)`` of each split, read split by split (never every row's matrix and its split copies at once);
+        an empty split is an empty matrix of the same width and dtype."""
+        out = {s: load(self.split.indices(s)) for s in SPLITS if len(self.split.indices(s))}
+        some = next(iter(out.values()))
+        return {s: out[s] if s in out else np.empty((0, *some.shape[1:]), dtype=some.dtype) for s in SPLITS}
 
     def fit_groups(self) -> np.ndarray | None:
         """The group of each train + val row (the rows the deployed probe is fit and cross-validated on)."""
@@ -171,8 +182,7 @@ class PreparedData:
         held = self.split.held_out_rows()
         options = self.extraction_options(progress)
         cache, _, held_out = extract_split(view, paths, self.hashes, held, open_cache, precision, **options)
-        matrix = load_features(cache, held_out, self.hashes, MAP)
-        return {s: matrix[self.split.indices(s)] for s in SPLITS}
+        return self._by_split(lambda rows: load_features(cache, held_out, self.hashes, MAP, rows))
 
 
 def images_computed(extraction: dict[str, Any]) -> tuple[int, int]:

@@ -186,6 +186,7 @@ def decide_precision(
         return Precision(saved["name"], saved.get("min_cosine", saved.get("bf16_min_cosine")), device.type)
     batch = torch.stack(images).contiguous(memory_format=torch.channels_last)
     precision = choose_precision(backbone, batch, device)
+    devices.trim_host_memory()
     memo.parent.mkdir(parents=True, exist_ok=True)
     write_json(memo, {"name": precision.name, "min_cosine": precision.min_cosine})
     return precision
@@ -206,7 +207,10 @@ class _Forward:
         parts: list[dict[str, np.ndarray]] = []
         start = 0
         while start < len(images):
-            chunk = images[start : start + self.limit]
+            # passes of equal size (25 images by 8: 7, 6, 6, 6), never a lone image after full passes: a pass of one
+            # image computes fp32 features ~1e-6 apart from a batched one, passes of 2 to 32 bit for bit alike
+            left = len(images) - start
+            chunk = images[start : start + math.ceil(left / math.ceil(left / self.limit))]
             try:
                 parts.append(self._run(chunk))
             except Exception as error:
@@ -236,6 +240,12 @@ class _Forward:
         self.limit = max(1, self.limit // 2)
 
 
+def input_size(backbone: Backbone) -> int | None:
+    """The side (px) of the images ``backbone`` is fed (None: a stand-in that does not say)."""
+    config = getattr(backbone, "data_config", None)
+    return int(config["input_size"][-1]) if config else None
+
+
 def extract_features(
     backbone: Backbone,
     paths: list[Path],
@@ -261,6 +271,8 @@ def extract_features(
     share (:func:`rank_share`), waits for the other ranks and re-reads the cache, so on return ``cache`` holds
     every image that could be decoded, on every rank. The report counts this rank's images and failures only.
     """
+    # a given batch is run whole; the default one in passes of what the CPU's pixel budget holds
+    forward_size = batch_size or devices.forward_batch_size(device, input_size(backbone))
     batch_size = batch_size or devices.default_batch_size(device)
     report = ExtractionReport(
         precision=precision.name, min_cosine=precision.min_cosine, device=device.type, batch_size=batch_size
@@ -274,7 +286,8 @@ def extract_features(
         todo = rank_share(digests, todo, distributed)
     if todo:
         options = {"workers": workers, "progress": progress, "deadline": deadline}
-        _compute(backbone, paths, digests, todo, cache, report, device=device, batch_size=batch_size, **options)
+        options |= {"batch_size": batch_size, "forward_size": min(batch_size, forward_size or batch_size)}
+        _compute(backbone, paths, digests, todo, cache, report, device=device, **options)
     if shared:
         distributed.barrier()  # every rank's shards are on disk (renamed into place) past this line
         cache.refresh()
@@ -322,12 +335,14 @@ def _compute(
     *,
     device: torch.device,
     batch_size: int,
+    forward_size: int,
     workers: int | None,
     progress: bool,
     deadline: float | None,
 ) -> None:
-    """Run the network over ``todo`` (positions in ``paths``), write a shard every :func:`shard_size` images, and
-    fill in ``report``: images computed and failed, seconds and the batch size that fitted."""
+    """Run the network over ``todo`` (positions in ``paths``) in loader batches of ``batch_size``, each in forward
+    passes of at most ``forward_size`` images; write a shard every :func:`shard_size` images, and fill in
+    ``report``: images computed and failed, seconds and the forward pass size that fitted."""
     workers = devices.decode_workers(device) if workers is None else workers
     loader = DataLoader(
         ImageFiles([paths[i] for i in todo], backbone.transform()),
@@ -337,7 +352,7 @@ def _compute(
         **devices.loader_options(device),
     )
     model = backbone.model.to(device, memory_format=torch.channels_last)
-    forward = _Forward(backbone, device, report.precision, batch_size)
+    forward = _Forward(backbone, device, report.precision, forward_size)
     pending_digests: list[str] = []
     pending: dict[str, list[np.ndarray]] = {}
     failed_digests: dict[str, str] = {}
@@ -361,6 +376,7 @@ def _compute(
                 raise OutOfTime(f"{backbone.name}: out of time after {report.computed} of {len(todo)} images")
     _flush(cache, pending_digests, pending)
     model.to(memory_format=torch.contiguous_format)
+    devices.trim_host_memory()  # the activations' freed pages, before the next pass or the probe
     report.batch_size = forward.limit
     # Every copy of an undecodable file is reported, not only the one that was decoded.
     report.failed = {str(p): failed_digests[d] for p, d in zip(paths, digests, strict=True) if d in failed_digests}
@@ -422,17 +438,27 @@ def extract_split(
     return cache, report, extract_held_out(backbone, paths, digests, held, open_cache, precision, **options)
 
 
-def load_features(cache: FeatureCache, held_out: HeldOut | None, digests: list[str], name: str) -> np.ndarray:
-    """``name`` features of every digest: held-out rows from their fp32 cache, the others from ``cache`` (held-out
-    rows need not be in ``cache`` at all: each image is computed at the precision it is used at)."""
+def load_features(
+    cache: FeatureCache, held_out: HeldOut | None, digests: list[str], name: str, rows: np.ndarray | None = None
+) -> np.ndarray:
+    """``name`` features of every digest, or of ``rows`` (positions in ``digests``) in that order: held-out rows
+    from their fp32 cache, the others from ``cache`` (held-out rows need not be in ``cache`` at all: each image is
+    computed at the precision it is used at).
+
+    ``rows`` reads one split at a time straight from the shards, so a caller never holds every image's matrix and
+    its split copies at once (at 100k images the joined cut point's matrix alone is ~700 MB)."""
+    rows = np.arange(len(digests)) if rows is None else np.asarray(rows, dtype=np.int64)
     if held_out is None:
-        return cache.load(digests, [name])[name]
-    held = held_out.cache.load([digests[int(i)] for i in held_out.rows], [name])[name]
-    others = np.setdiff1d(np.arange(len(digests)), held_out.rows)
-    matrix = np.empty((len(digests), *held.shape[1:]), dtype=held.dtype)
-    if len(others):
-        matrix[others] = cache.load([digests[int(i)] for i in others], [name])[name]
-    matrix[held_out.rows] = held
+        return cache.load([digests[int(i)] for i in rows], [name])[name]
+    is_held = np.isin(rows, held_out.rows)
+    held = held_out.cache.load([digests[int(i)] for i in rows[is_held]], [name]).get(name)
+    others = cache.load([digests[int(i)] for i in rows[~is_held]], [name]).get(name)
+    if held is None or others is None:
+        return others if held is None else held
+    matrix = np.empty((len(rows), *held.shape[1:]), dtype=held.dtype)
+    matrix[~is_held] = others
+    del others
+    matrix[is_held] = held
     return matrix
 
 

@@ -10,6 +10,7 @@ already 7×7; earlier stages at 14–112 px are averaged down), which bounds the
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -35,6 +36,10 @@ class MapView:
     @property
     def model(self) -> nn.Module:
         return self.backbone.model
+
+    @property
+    def data_config(self) -> dict[str, Any]:
+        return self.backbone.data_config
 
     def transform(self) -> object:
         return self.backbone.transform()

@@ -109,9 +109,10 @@ def measure_backbone(
     decode = statistics.median(seconds) if seconds else 0.0  # (a cold read or a busy moment is not the rule)
     size = int(backbone.data_config["input_size"][-1])
     batch = torch.stack(images) if images else torch.zeros(SAMPLE_IMAGES, 3, size, size)
-    # timed at the extraction's batch size: small batches on a busy machine measured up to 25x slow (threads
+    # timed at the extraction's forward pass size: small batches on a busy machine measured up to 25x slow (threads
     # waiting on each other), while the real batches ran at 3x
-    batch_size = config.batch_size or devices.default_batch_size(device)
+    whole = devices.default_batch_size(device)
+    batch_size = config.batch_size or min(whole, devices.forward_batch_size(device, size) or whole)
     batch = batch.repeat((batch_size + len(batch) - 1) // len(batch), 1, 1, 1)[:batch_size]
     batch = batch.to(device).contiguous(memory_format=devices.memory_format(device))
     reduced = devices.reduced_precision(device)
