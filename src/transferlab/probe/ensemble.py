@@ -23,7 +23,7 @@ from sklearn.pipeline import make_pipeline
 from transferlab.data.split import cv_folds
 from transferlab.errors import TransferlabError
 from transferlab.metrics import classification_metrics, tune_thresholds
-from transferlab.probe.linear import ChannelScaler, ProbeResult, class_scores, cv_rows, fixed_model
+from transferlab.probe.linear import ChannelScaler, ProbeResult, class_scores, cv_rows, fixed_model, train_and_val
 
 EPSILON = 1e-12
 
@@ -111,7 +111,7 @@ def choose_ensemble(
     """The evidence for averaging ``members`` (and, when it wins, its metrics); None when the data are too few to
     cross-validate (then a single probe is kept, as without an ensemble)."""
     has_val = len(y.get("val", ())) > 0
-    fit_y = np.concatenate([y["train"], y["val"]]) if has_val else y["train"]
+    fit_y = train_and_val(y, has_val)
     rows = cv_rows(fit_y, groups, seed)
     try:
         folds = cv_folds(fit_y[rows], seed, None if groups is None else groups[rows])
@@ -119,8 +119,7 @@ def choose_ensemble(
         return None
     oof = []
     for member in members:
-        f = member.features
-        fit_x = np.concatenate([f["train"], f["val"]]) if has_val else f["train"]
+        fit_x = train_and_val(member.features, has_val)
         oof.append(out_of_fold_scores(fit_x[rows], fit_y[rows], member.probe, folds))
     single = [log_likelihood(fit_y[rows], scores) for scores in oof]
     choice = EnsembleChoice(members, log_likelihood(fit_y[rows], np.mean(oof, axis=0)), single, len(rows))

@@ -171,8 +171,7 @@ def fit_probe(
     start = time.perf_counter()
     multilabel = y["train"].ndim == 2
     has_val = "val" in features and len(y["val"]) > 0
-    fit_x = np.concatenate([features["train"], features["val"]]) if has_val else features["train"]
-    fit_y = np.concatenate([y["train"], y["val"]]) if has_val else y["train"]
+    fit_x, fit_y = train_and_val(features, has_val), train_and_val(y, has_val)
     rows = cv_rows(fit_y, groups, seed)
     sampled = len(rows) < len(fit_y)
     if sampled:  # (indexing copies the matrix: only when a sample is really taken)
@@ -200,6 +199,11 @@ def fit_probe(
             scores = class_scores(scorer, split_features, len(classes), multilabel)
             probe.metrics[split_name] = classification_metrics(y[split_name], scores, classes, thresholds)
     return probe
+
+
+def train_and_val(parts: dict[str, np.ndarray], has_val: bool) -> np.ndarray:
+    """The rows the deployed probe is fit and cross-validated on: train, then val when there is one."""
+    return np.concatenate([parts["train"], parts["val"]]) if has_val else parts["train"]
 
 
 def cv_rows(y: np.ndarray, groups: np.ndarray | None, seed: int) -> np.ndarray:
