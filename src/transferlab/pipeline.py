@@ -279,8 +279,9 @@ def _deploy(
     else:
         start_reason = "the only trained model"
     if tuned_val is None:
-        reason = "searched heads are reported, not deployed; --finetune trains a deployable one" if searched else ""
-        return {"stage": start, "reason": start_reason if ensemble or not reason else reason, **probe_saw, **evidence}
+        if searched and ensemble is None:
+            start_reason = "searched heads are reported, not deployed; --finetune trains a deployable one"
+        return {"stage": start, "reason": start_reason, **probe_saw, **evidence}
     tuned = headline(tuned_val)[1]
     evidence["finetune_val"] = tuned
     if tuned is not None and (probe_val is None or tuned > probe_val):

@@ -58,11 +58,12 @@ class Budget(Unplanned):
     no deadline: every run ends with a usable model), ``end`` records its actual time; ``plan.json`` is rewritten
     at each step, so an interrupted run still shows how far it got."""
 
+    planned = True
+
     def __init__(self, plan: Plan, clock: Clock, progress: bool) -> None:
         self.plan, self.clock, self.progress = plan, clock, progress
         self.granted: float | None = None
         self.begun = 0.0
-        self.planned = True
 
     def configure(self, config: RunConfig) -> RunConfig:
         return planned_config(config, self.plan)
