@@ -5,7 +5,8 @@ every cut point; candidate inputs for the logistic-regression probe are then com
 ``transferlab.probe.fit_probe`` on the *training* images (train + val of a ``--test`` run), and, for judgement only,
 by the refit probe's score on the test folder. Candidates: the pooled pre-logits (``head``, today's default), and
 concatenations of several depths (Head2Toe-style; every cut point comes from the same forward pass, so they cost
-no extraction).
+no extraction), each read raw or as ``sqrt(...)``: the signed square root of every feature first (power
+normalisation, ``transferlab.model.probe_head.signed_sqrt``; the default since it cross-validated better).
 
     python bench/probe_choices.py [--suite bench/data/quality] [--only NAME,...] [--cache DIR]
 """
@@ -32,6 +33,13 @@ CANDIDATES = {
     "4+6+head": ("blocks.4", "blocks.6", "head"),
     "2+4+6+head": ("blocks.2", "blocks.4", "blocks.6", "head"),
 }
+DEFAULT_CANDIDATES = "head,4+6+head,sqrt(head),sqrt(4+6+head)"
+
+
+def parse_candidate(label: str) -> tuple[tuple[str, ...], bool]:
+    """``"4+6+head"`` -> its cut points, raw; ``"sqrt(4+6+head)"`` -> the same, signed square roots."""
+    rooted = label.startswith("sqrt(") and label.endswith(")")
+    return CANDIDATES[label[5:-1] if rooted else label], rooted
 
 
 def datasets(suite: Path, only: set[str] | None) -> list[tuple[str, Path, Path]]:
@@ -46,7 +54,7 @@ def datasets(suite: Path, only: set[str] | None) -> list[tuple[str, Path, Path]]
     return found
 
 
-def cv_score(x: np.ndarray, y: np.ndarray, classes: list[str], seed: int) -> float:
+def cv_score(x: np.ndarray, y: np.ndarray, classes: list[str], seed: int, rooted: bool) -> float:
     """Mean headline metric of the probe over 3 outer folds of the training images."""
     splitter = (
         KFold(3, shuffle=True, random_state=seed)
@@ -61,6 +69,7 @@ def cv_score(x: np.ndarray, y: np.ndarray, classes: list[str], seed: int) -> flo
             {"train": y[train], "val": y[:0], "test": y[held]},
             classes,
             seed=seed,
+            use_signed_sqrt=rooted,
         )
         values.append(headline(probe.metrics["test"])[1])
     return float(np.mean(values))
@@ -73,7 +82,9 @@ def main() -> None:
     parser.add_argument("--cache", type=Path, default=ROOT / "bench" / "data" / "cache")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--crop-pct", type=float, help="centre-crop ratio (default: the backbone's; 1.0: whole image)")
-    parser.add_argument("--candidates", default=",".join(CANDIDATES), help="comma-separated names of CANDIDATES")
+    parser.add_argument(
+        "--candidates", default=DEFAULT_CANDIDATES, help="comma-separated names of CANDIDATES, each raw or sqrt(NAME)"
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     only = set(args.only.split(",")) if args.only else None
@@ -91,14 +102,15 @@ def main() -> None:
         classes = prepared.dataset.classes
         cells = []
         for label in names:
-            cuts = CANDIDATES[label]
+            cuts, rooted = parse_candidate(label)
             matrix = np.concatenate([_all_rows(prepared, cut) for cut in cuts], axis=1)
-            cv = cv_score(matrix[fit_rows], y_all[fit_rows], classes, args.seed)
+            cv = cv_score(matrix[fit_rows], y_all[fit_rows], classes, args.seed, rooted)
             probe = fit_probe(
                 {"train": matrix[fit_rows], "val": matrix[:0], "test": matrix[test_rows]},
                 {"train": y_all[fit_rows], "val": y_all[:0], "test": y_all[test_rows]},
                 classes,
                 seed=args.seed,
+                use_signed_sqrt=rooted,
             )
             judged = headline(probe.metrics["test"])[1]
             means[label].append((cv, judged))

@@ -34,7 +34,7 @@ def _views(seed: int, noise_seed: int, n: int = 160) -> tuple[dict[str, np.ndarr
 
 
 def _member(features: dict[str, np.ndarray], y: dict[str, np.ndarray], name: str) -> Member:
-    probe = fit_probe(features, y, ["a", "b", "c"])
+    probe = fit_probe(features, y, ["a", "b", "c"], use_signed_sqrt=False)  # Gaussian views, not pooled activations
     probe.backbone, probe.cut_point = name, "head"
     return Member(probe, features)
 

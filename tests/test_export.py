@@ -75,7 +75,8 @@ def test_probe_head_reproduces_the_fitted_probe(n_classes: int, train_classes: i
         features[split_name] = (centers + rng.normal(size=(n, 6))).astype(np.float32)
     classes = [f"c{i}" for i in range(n_classes)]
     probe = fit_probe(features, targets, classes)
-    head = ProbeHead(probe_tensors(probe.model), n_classes, multilabel)
+    assert probe.signed_sqrt  # the default, on features of both signs
+    head = ProbeHead(probe_tensors(probe.model), n_classes, multilabel, signed_sqrt=True)
     expected = probe.predict_scores(features["val"])
     actual = head(torch.from_numpy(features["val"])).numpy()
     assert actual.shape == (30, n_classes)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from transferlab.metrics import classification_metrics, tune_thresholds
+from transferlab.model.probe_head import signed_sqrt
 from transferlab.probe import fit_probe
 
 
@@ -86,3 +87,18 @@ def test_sampled_cv_keeps_whole_groups(monkeypatch) -> None:
     rows = linear.cv_rows(np.zeros(300, dtype=int), groups, 0)
     taken = set(groups[rows].tolist())
     assert len(rows) == 5 * len(taken) and 100 <= len(rows) <= 105
+
+
+def test_signed_sqrt_probe_reads_the_roots_of_the_features_and_raw_reads_them_as_they_are() -> None:
+    x, y = _blobs(180, 3, 8, 2.0, 3)
+    x = x * np.abs(x)  # bursty features, both signs: their signed roots are the separable blobs again
+    features, targets = _splits(x, y)
+    rooted = fit_probe(features, targets, list("abc"))
+    by_hand = fit_probe({k: signed_sqrt(v) for k, v in features.items()}, targets, list("abc"), use_signed_sqrt=False)
+    assert rooted.signed_sqrt and rooted.features_read == "signed_sqrt" and not by_hand.signed_sqrt
+    np.testing.assert_allclose(
+        rooted.predict_scores(features["test"]), by_hand.predict_scores(signed_sqrt(features["test"])), atol=1e-6
+    )
+    raw = fit_probe(features, targets, list("abc"), use_signed_sqrt=False)
+    assert raw.features_read == "raw"
+    assert not np.allclose(raw.predict_scores(features["test"]), rooted.predict_scores(features["test"]), atol=1e-3)

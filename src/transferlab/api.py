@@ -47,6 +47,7 @@ class ImageClassifier(BaseEstimator):
         seed: int = 0,
         *,
         multi_depth: bool = True,
+        signed_sqrt: bool = True,
         test: str | None = None,
         groups: str | None = None,
         weights: str | dict[str, str] | None = None,

@@ -24,17 +24,19 @@ higher on 5 of 7 datasets. ``None`` is the backbone's own crop."""
 class RunConfig:
     """Every option that changes a run's result; saved as ``config.json`` and enough to repeat the run.
 
-        ``trials`` 0 turns the head search off, ``finetune`` None turns fine-tuning off (else FinetuneOptions fields),
-        ``backbones`` (several names) ranks them first. ``test``: a separate labelled folder or CSV scored as the test
-        split (then none is carved out of ``data``); ``groups``: the CSV column whose images stay on one side of every
-        split and fold. ``crop_pct``: the centre-crop ratio (None: the backbone's own). ``multi_depth``: with the
-        ``head`` cut point the probe also tries the pre-logits joined with the last two stages' pooled features and
-        keeps whichever cross-validates better. ``device``: where networks run (``transferlab.devices``; ``auto`` is
-    resolved when the run starts, so a saved config reruns on whatever the next machine has); ``batch_size`` None: the
-    device's default. ``time_limit`` (seconds, or ``"10m"``) / ``preset``: plan the run to a budget
-    (``transferlab.plan``): the planner chooses backbones, search and fine-tuning that fit, explicit stage options
-    win. ``weights``: one file for ``backbone`` (or the only name in ``backbones``), or a file per backbone as
-    ``"NAME=FILE,NAME=FILE"`` or a dict (:meth:`weights_for`). Bad values raise a one-line :class:`TransferlabError`.
+    ``trials`` 0 turns the head search off, ``finetune`` None turns fine-tuning off (else FinetuneOptions fields),
+    ``backbones`` (several names) ranks them first. ``test``: a separate labelled folder or CSV scored as the test
+    split (then none is carved out of ``data``); ``groups``: the CSV column whose images stay on one side of every
+    split and fold. ``crop_pct``: the centre-crop ratio (None: the backbone's own). ``multi_depth``: with the
+    ``head`` cut point the probe also tries the pre-logits joined with the last two stages' pooled features and
+    keeps whichever cross-validates better. ``signed_sqrt``: the probe reads sign(x)·sqrt(|x|) of the pooled
+    features (``transferlab.model.probe_head.signed_sqrt``; False: the raw features). ``device``: where networks
+    run (``transferlab.devices``; ``auto`` is resolved when the run starts, so a saved config reruns on whatever the
+    next machine has); ``batch_size`` None: the device's default. ``time_limit`` (seconds, or ``"10m"``) /
+    ``preset``: plan the run to a budget (``transferlab.plan``): the planner chooses backbones, search and
+    fine-tuning that fit, explicit stage options win. ``weights``: one file for ``backbone`` (or the only name in
+    ``backbones``), or a file per backbone as ``"NAME=FILE,NAME=FILE"`` or a dict (:meth:`weights_for`). Bad values
+    raise a one-line :class:`TransferlabError`.
     """
 
     data: str
@@ -42,6 +44,7 @@ class RunConfig:
     weights: WeightsOption = None
     cut_point: str = HEAD
     multi_depth: bool = True
+    signed_sqrt: bool = True
     image_size: int | None = None
     crop_pct: float | None = WHOLE_IMAGE
     seed: int = 0

@@ -303,6 +303,7 @@ def _probe_facts(probe: ProbeResult, candidates: dict[str, float | None]) -> dic
         "kind": "logistic_regression",
         "C": probe.C,
         "cut_point": probe.cut_point,
+        "features": probe.features_read,  # what the probe read of the pooled features
         "candidates": candidates,  # cut point -> cross-validated log-likelihood per image; the best is kept
         "thresholds": thresholds,
         # which images each model saw: C by k-fold CV on train+val, deployed refit on both, val scored by a twin
@@ -327,7 +328,12 @@ def _fit_probes(prepared: PreparedData) -> tuple[ProbeResult, dict[str, float | 
     fits = {}
     for cut_point in _probe_candidates(prepared):
         fits[cut_point] = fit_probe(
-            prepared.features(cut_point), targets, dataset.classes, seed=seed, groups=prepared.fit_groups()
+            prepared.features(cut_point),
+            targets,
+            dataset.classes,
+            seed=seed,
+            groups=prepared.fit_groups(),
+            use_signed_sqrt=prepared.config.signed_sqrt,
         )
         fits[cut_point].cut_point = cut_point
     candidates = {cut_point: probe.cv_score for cut_point, probe in fits.items()}

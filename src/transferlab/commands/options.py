@@ -71,6 +71,13 @@ def add_run_options(parser: argparse.ArgumentParser, *, run_directory: bool = Tr
         help="the probe uses only --cut-point's features (by default, at 'head', it also tries the pre-logits joined "
         "with the last two stages' pooled features and keeps what cross-validates better on train + val)",
     )
+    parser.add_argument(
+        "--raw-features",
+        dest="signed_sqrt",
+        action="store_false",
+        help="the probe reads the pooled features as they are (by default it reads sign(x)*sqrt(|x|) of them, "
+        "which cross-validated better on the quality benchmark)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed for split, subset and models (default 0)")
     parser.add_argument("--subset", type=float, help="use a stratified fraction of the data, e.g. 0.25")
     parser.add_argument(
@@ -121,6 +128,7 @@ RUN_OPTION_NAMES = (
     "crop_pct",
     "cut_point",
     "multi_depth",
+    "signed_sqrt",
     "seed",
     "subset",
     "val_fraction",

@@ -209,8 +209,12 @@ def _warm_start(
             raise TransferlabError(f"head_init is a {head_init.spec.describe()} head, not {spec.describe()}")
         net.head.load_state_dict(head_init.state_dict())
         return source
-    if probe is None or probe.cut_point not in (None, prepared.config.cut_point):  # e.g. joined depths: refit
-        probe = fit_probe(prepared.features(), prepared.targets(), prepared.dataset.classes, seed=options.seed)
+    if probe is None or probe.signed_sqrt or probe.cut_point not in (None, prepared.config.cut_point):
+        # the head reads raw pooled features of the cut point: a probe of joined depths or of their signed square
+        # roots cannot be folded into it, so a raw one is fit
+        probe = fit_probe(
+            prepared.features(), prepared.targets(), prepared.dataset.classes, seed=options.seed, use_signed_sqrt=False
+        )
     init_from_probe(net, probe.train_model, len(prepared.dataset.classes))  # it has not seen val
     return source
 

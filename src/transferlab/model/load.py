@@ -23,7 +23,7 @@ from transferlab.fileio import read_json
 from transferlab.heads import HeadSpec
 from transferlab.model.ensemble import AveragedModel
 from transferlab.model.network import CPU, CutModel, build_model, load_saved_state
-from transferlab.model.probe_head import ProbeHead
+from transferlab.model.probe_head import SIGNED_SQRT, ProbeHead
 from transferlab.record import layout
 
 PREPROCESSING_KEYS = ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode")
@@ -82,7 +82,8 @@ def _load_probe(run: Path, folder: Path | None = None) -> tuple[CutModel, dict[s
             f"used (sha256 {backbone.weights.sha256[:12]} != {saved['weights_sha256'][:12]})"
         )
     tensors = {name: tensor.numpy() for name, tensor in read_weights((folder or run) / layout.PROBE_WEIGHTS).items()}
-    head = ProbeHead(tensors, len(saved["classes"]), saved["multilabel"])
+    signed = saved.get("features") == SIGNED_SQRT  # (runs before it probed raw features and say nothing)
+    head = ProbeHead(tensors, len(saved["classes"]), saved["multilabel"], signed_sqrt=signed)
     # (runs before ensembles recorded the preprocessing in record.json only)
     preprocessing = saved.get("preprocessing") or _read(run / layout.RECORD).get("backbone", {}).get("preprocessing")
     preprocessing = preprocessing or backbone.data_config

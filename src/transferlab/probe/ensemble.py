@@ -18,12 +18,11 @@ from typing import Any
 import numpy as np
 from joblib import Parallel, delayed
 from sklearn.exceptions import ConvergenceWarning
-from sklearn.pipeline import make_pipeline
 
 from transferlab.data.split import cv_folds
 from transferlab.errors import TransferlabError
 from transferlab.metrics import classification_metrics, tune_thresholds
-from transferlab.probe.linear import ChannelScaler, ProbeResult, class_scores, cv_rows, fixed_model, train_and_val
+from transferlab.probe.linear import ProbeResult, class_scores, cv_rows, fixed_model, probe_pipeline, train_and_val
 
 EPSILON = 1e-12
 
@@ -92,7 +91,7 @@ def out_of_fold_scores(
     """Each row scored by the probe's model at its chosen C, fit on the other folds (folds in parallel)."""
 
     def fold(train: np.ndarray, held: np.ndarray) -> np.ndarray:
-        model = make_pipeline(ChannelScaler(), fixed_model(probe.C, probe.multilabel))
+        model = probe_pipeline(fixed_model(probe.C, probe.multilabel), probe.signed_sqrt)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
             model.fit(x[train], y[train])

@@ -23,12 +23,13 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
 from sklearn.model_selection import GroupKFold, StratifiedKFold
 from sklearn.multiclass import OneVsRestClassifier
-from sklearn.pipeline import Pipeline, make_pipeline
-from sklearn.preprocessing import StandardScaler
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import FunctionTransformer, StandardScaler
 
 from transferlab.data.split import MAX_FOLDS, cv_folds
 from transferlab.features.scaling import channel_scale
 from transferlab.metrics import classification_metrics, tune_thresholds
+from transferlab.model.probe_head import SIGNED_SQRT, signed_sqrt, uses_signed_sqrt
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +48,12 @@ class ChannelScaler(StandardScaler):
         super().fit(X, y, sample_weight)
         self.scale_ = channel_scale(np.sqrt(self.var_))
         return self
+
+
+def probe_pipeline(estimator: Any, use_signed_sqrt: bool) -> Pipeline:
+    """[:func:`signed_sqrt`], :class:`ChannelScaler`, then ``estimator``: the one shape of every probe model."""
+    steps = [(SIGNED_SQRT, FunctionTransformer(signed_sqrt))] if use_signed_sqrt else []
+    return Pipeline([*steps, ("scale", ChannelScaler()), ("logistic", estimator)])
 
 
 @dataclass
@@ -71,6 +78,16 @@ class ProbeResult:
     cv_images: int = 0  # how many train + val images the C search cross-validated on (all, up to CV_ROWS)
     cut_point: str | None = None  # set by the caller that chose the features
     backbone: str | None = None  # set by the caller that compared backbones
+
+    @property
+    def signed_sqrt(self) -> bool:
+        """Whether the probe reads :func:`signed_sqrt` of the features (else the raw pooled features)."""
+        return uses_signed_sqrt(self.model)
+
+    @property
+    def features_read(self) -> str:
+        """What ``probe.json`` and ``record.json`` say the probe read: ``"signed_sqrt"`` or ``"raw"``."""
+        return SIGNED_SQRT if self.signed_sqrt else "raw"
 
     def predict_scores(self, features: np.ndarray) -> np.ndarray:
         """The deployed probe's class probabilities (absent-from-train classes at 0), or per-label sigmoid scores."""
@@ -165,9 +182,11 @@ def fit_probe(
     *,
     seed: int = 0,
     groups: np.ndarray | None = None,
+    use_signed_sqrt: bool = True,
 ) -> ProbeResult:
     """C by k-fold CV on train + val, the deployed probe refit there; thresholds (multi-label) and the val metrics
-    from the same C fit on train only. ``groups`` (per train + val row): folds keep each group on one side."""
+    from the same C fit on train only. ``groups`` (per train + val row): folds keep each group on one side.
+    ``use_signed_sqrt``: the probe reads :func:`signed_sqrt` of the features (the default; False: raw features)."""
     start = time.perf_counter()
     multilabel = y["train"].ndim == 2
     has_val = "val" in features and len(y["val"]) > 0
@@ -178,13 +197,13 @@ def fit_probe(
         search_x, search_y, search_groups = fit_x[rows], fit_y[rows], None if groups is None else groups[rows]
     else:
         search_x, search_y, search_groups = fit_x, fit_y, groups
-    search = _fit(make_pipeline(ChannelScaler(), _selecting(search_y, search_groups, seed)), search_x, search_y)
+    search = _fit(probe_pipeline(_selecting(search_y, search_groups, seed), use_signed_sqrt), search_x, search_y)
     C = _chosen_c(search)
     model = search
     if sampled:
         logger.info("probe: C chosen by CV on %d of %d images, then fit on all of them", len(rows), len(fit_y))
-        model = _fit(make_pipeline(ChannelScaler(), fixed_model(C, multilabel)), fit_x, fit_y)
-    train_model = _fit(make_pipeline(ChannelScaler(), fixed_model(C, multilabel)), features["train"], y["train"])
+        model = _fit(probe_pipeline(fixed_model(C, multilabel), use_signed_sqrt), fit_x, fit_y)
+    train_model = _fit(probe_pipeline(fixed_model(C, multilabel), use_signed_sqrt), features["train"], y["train"])
     fit_seconds = time.perf_counter() - start
     val_scores = class_scores(train_model, features["val"], len(classes), multilabel) if has_val else None
     thresholds = tune_thresholds(y["val"], val_scores) if multilabel and val_scores is not None else None

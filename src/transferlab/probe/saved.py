@@ -29,6 +29,7 @@ def save_probe(
             "weights_sha256": backbone["weights_sha256"],
             "preprocessing": backbone["preprocessing"],
             "multilabel": multilabel,
+            "features": probe.features_read,
             "thresholds": None if probe.thresholds is None else probe.thresholds.tolist(),
         },
     )

@@ -201,7 +201,12 @@ def search_heads(
     test_metrics = ensemble_metrics.get("test", {})
     if probe_metrics is None:
         probe_metrics = fit_probe(
-            prepared.features(), prepared.targets(), prepared.dataset.classes, seed=seed, groups=prepared.fit_groups()
+            prepared.features(),
+            prepared.targets(),
+            prepared.dataset.classes,
+            seed=seed,
+            groups=prepared.fit_groups(),
+            use_signed_sqrt=prepared.config.signed_sqrt,
         ).metrics
     probe_test_metrics = probe_metrics.get("test", {})
     shortfall = _shortfall(ensemble_metrics.get("val", {}), probe_metrics.get("val", {}), data.metric)
