@@ -9,12 +9,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from conftest import TINY_BACKBONE, TINY_SIZE, make_class_folder, run_with
 
 from transferlab.cli import main
 from transferlab.data import load_dataset, make_split
 from transferlab.errors import TransferlabError
 from transferlab.features.scaling import IGNORED_SCALE, channel_scale
+from transferlab.model.probe_head import ProbeHead, probe_tensors
 from transferlab.probe import fit_probe
 from transferlab.search.data import HeadData
 from transferlab.search.runner import _shortfall
@@ -33,7 +35,14 @@ def test_constant_training_channels_are_switched_off_not_blown_up() -> None:
     data = HeadData.from_arrays({"train": train, "val": held_out}, {"train": y, "val": y[:10]}, ["a", "b"])
     assert float(data.pooled["val"].abs().max()) < 10  # was (59 - 0) / (std + 1e-6) ≈ 1.6e7
     probe = fit_probe({"train": train, "val": held_out}, {"train": y, "val": y[:10]}, ["a", "b"])
-    assert probe.train_model[0].scale_[3] == IGNORED_SCALE  # the deployed one also saw val, where it varies
+    twin = probe.train_model  # (the deployed probe also saw val, where the channel varies)
+    assert twin.named_steps["scale"].scale_[3] == IGNORED_SCALE
+    assert probe.signed_sqrt  # the root lifts 1e-5 to 3e-3: constancy is judged on the raw features, so still off
+    dark = held_out.copy()
+    dark[:, 3] = 0.0
+    np.testing.assert_allclose(twin.predict_proba(held_out), twin.predict_proba(dark), atol=1e-9)
+    graph = ProbeHead(probe_tensors(twin), 2, False, signed_sqrt=True)  # roots every channel, zeroes none
+    np.testing.assert_allclose(graph(torch.from_numpy(held_out)).numpy(), twin.predict_proba(dark), atol=1e-6)
 
 
 def test_probe_is_deployed_refit_on_train_and_val_and_scored_on_val_by_its_train_only_twin() -> None:
@@ -42,8 +51,8 @@ def test_probe_is_deployed_refit_on_train_and_val_and_scored_on_val_by_its_train
     x = {s: rng.normal(size=(n, 6)) + (np.arange(n) % 3)[:, None] for s, n in sizes.items()}
     y = {s: np.arange(len(v)) % 3 for s, v in x.items()}
     probe = fit_probe(x, y, ["a", "b", "c"], seed=0)
-    assert probe.fit_images == 60 and probe.model[0].n_samples_seen_ == 60
-    assert probe.train_model[0].n_samples_seen_ == 45
+    assert probe.fit_images == 60 and probe.model.named_steps["scale"].n_samples_seen_ == 60
+    assert probe.train_model.named_steps["scale"].n_samples_seen_ == 45
     np.testing.assert_allclose(probe.val_scores, probe.train_model.predict_proba(x["val"]))
     assert probe.train_model[-1].C == probe.C  # the twin uses the C the cross-validation chose
 
@@ -152,7 +161,8 @@ def test_multilabel_twin_uses_each_labels_chosen_c() -> None:
     y = {s: (x[s][:, :3] * [3, 1, 0.2] + rng.normal(size=(len(x[s]), 3)) > 0).astype(np.uint8) for s in x}
     probe = fit_probe(x, y, ["a", "b", "c"])
     assert [e.C for e in probe.train_model[-1].estimators_] == probe.C
-    assert probe.train_model[0].n_samples_seen_ == 80 and probe.model[0].n_samples_seen_ == 110
+    assert probe.train_model.named_steps["scale"].n_samples_seen_ == 80
+    assert probe.model.named_steps["scale"].n_samples_seen_ == 110
 
 
 def test_multilabel_probe_cross_validates_on_group_folds_when_every_label_allows() -> None:

@@ -19,15 +19,16 @@ from typing import Any
 
 import numpy as np
 from joblib import Parallel, delayed
+from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
 from sklearn.model_selection import GroupKFold, StratifiedKFold
 from sklearn.multiclass import OneVsRestClassifier
 from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import FunctionTransformer, StandardScaler
+from sklearn.preprocessing import StandardScaler
 
 from transferlab.data.split import MAX_FOLDS, cv_folds
-from transferlab.features.scaling import channel_scale
+from transferlab.features.scaling import IGNORED_SCALE, channel_scale
 from transferlab.metrics import classification_metrics, tune_thresholds
 from transferlab.model.probe_head import SIGNED_SQRT, signed_sqrt, uses_signed_sqrt
 
@@ -50,9 +51,28 @@ class ChannelScaler(StandardScaler):
         return self
 
 
+class SignedSqrt(TransformerMixin, BaseEstimator):
+    """:func:`signed_sqrt` of every channel, except that channels constant on the training data become 0.
+
+    The root lifts tiny activations (1e-5 becomes 3e-3), so a channel that is dark on every training image would no
+    longer look constant to :class:`ChannelScaler` after it, and a held-out image that lights it up would get a huge
+    z-score again. Constancy is judged on the raw features, by the same rule as the scaler's; a zeroed channel then
+    gets the scaler's ignored scale, so the exported graph, which roots every channel, adds ~0 for it as well.
+    """
+
+    def fit(self, X: Any, y: Any = None) -> SignedSqrt:
+        self.constant_ = channel_scale(np.asarray(X).std(axis=0)) == IGNORED_SCALE
+        return self
+
+    def transform(self, X: Any) -> np.ndarray:
+        rooted = signed_sqrt(np.asarray(X))
+        rooted[:, self.constant_] = 0.0
+        return rooted
+
+
 def probe_pipeline(estimator: Any, use_signed_sqrt: bool) -> Pipeline:
-    """[:func:`signed_sqrt`], :class:`ChannelScaler`, then ``estimator``: the one shape of every probe model."""
-    steps = [(SIGNED_SQRT, FunctionTransformer(signed_sqrt))] if use_signed_sqrt else []
+    """[:class:`SignedSqrt`], :class:`ChannelScaler`, then ``estimator``: the one shape of every probe model."""
+    steps = [(SIGNED_SQRT, SignedSqrt())] if use_signed_sqrt else []
     return Pipeline([*steps, ("scale", ChannelScaler()), ("logistic", estimator)])
 
 
