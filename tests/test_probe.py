@@ -79,6 +79,49 @@ def test_large_data_chooses_c_on_a_stratified_sample_and_fits_on_every_row(monke
     assert np.bincount(np.concatenate([targets["train"], targets["val"]])[rows]).min() >= 45  # every class's share
 
 
+def test_sampled_fits_start_from_the_last_fits_weights_and_reach_the_same_optimum(monkeypatch) -> None:
+    from sklearn.linear_model import LogisticRegression
+
+    from transferlab.probe import linear
+
+    x, y = _blobs(600, 4, 16, 1.0, 5)
+    features, targets = _splits(x, y)
+    monkeypatch.setattr(linear, "CV_ROWS", 200)
+    probe = fit_probe(features, targets, list("abcd"), use_signed_sqrt=False)
+    assert probe.train_model[-1].warm_start and probe.model[-1].warm_start  # twin from the sample, then deployed
+    fit_x = np.concatenate([features["train"], features["val"]])
+    cold = linear.probe_pipeline(LogisticRegression(C=probe.C, max_iter=3000), False)
+    cold.fit(fit_x, np.concatenate([targets["train"], targets["val"]]))
+    warm, reference = probe.model.predict_proba(features["test"]), cold.predict_proba(features["test"])
+    np.testing.assert_allclose(warm, reference, atol=1e-2)  # both within L-BFGS's tolerance of one optimum
+    assert (warm.argmax(axis=1) == reference.argmax(axis=1)).mean() >= 0.99
+    monkeypatch.setattr(linear, "CV_ROWS", 20_000)
+    small = fit_probe(features, targets, list("abcd"), use_signed_sqrt=False)
+    assert not small.train_model[-1].warm_start  # below CV_ROWS nothing changed: cold fits as before
+
+
+def test_a_run_finishes_only_the_probe_input_that_cross_validates_best(
+    class_folder, tiny_run_options, monkeypatch
+) -> None:
+    from conftest import run_with
+
+    from transferlab import pipeline
+
+    finished = []
+    real = pipeline.finish_probe
+
+    def counting(chosen, *args):
+        finished.append(chosen)
+        return real(chosen, *args)
+
+    monkeypatch.setattr(pipeline, "finish_probe", counting)
+    result = run_with(class_folder, **tiny_run_options)
+    candidates = result.record["probe"]["candidates"]
+    assert len(candidates) == 2 and len(finished) == 1  # head and the joined depths searched, one finished
+    kept = max(candidates, key=lambda c: candidates[c])
+    assert result.record["probe"]["cut_point"] == kept and finished[0].cv_score == candidates[kept]
+
+
 def test_sampled_cv_keeps_whole_groups(monkeypatch) -> None:
     from transferlab.probe import linear
 

@@ -27,7 +27,7 @@ from transferlab.model.ensemble import same_geometry
 from transferlab.plan.keeper import Unplanned, timekeeper
 from transferlab.plan.planner import ENSEMBLE_STAGE
 from transferlab.prepare import PreparedData, prepare
-from transferlab.probe import fit_probe
+from transferlab.probe import finish_probe, search_probe
 from transferlab.probe.ensemble import EnsembleChoice, Member, choose_ensemble
 from transferlab.probe.linear import ProbeResult
 from transferlab.probe.saved import save_probe
@@ -189,7 +189,7 @@ def _probe_backbones(
         probe, candidates = _fit_probes(prepared)
         probe.backbone = backbone
         members.append((prepared, probe))
-        kept = best is None or _cv(probe) > _cv(best[1])
+        kept = best is None or _cv(probe.cv_score) > _cv(best[1].cv_score)
         if kept:
             best = (prepared, probe, _write_probe(prepared, probe, run_dir), candidates)
         keeper.end(stage, run_dir, f"CV log-likelihood {shown(probe.cv_score)}" + ("; kept" if kept else ""))
@@ -241,8 +241,8 @@ def _write_ensemble(probed: Probed, choice: EnsembleChoice, run_dir: RunDir) -> 
     return _prediction_rows(prepared, choice.scores, choice.thresholds)
 
 
-def _cv(probe: ProbeResult) -> float:
-    return -np.inf if probe.cv_score is None else probe.cv_score
+def _cv(score: float | None) -> float:
+    return -np.inf if score is None else score
 
 
 def _rank(config: RunConfig, cache_dir: str | Path | None, progress: bool) -> tuple[RunConfig, Ranking | None]:
@@ -322,25 +322,26 @@ def _probe_candidates(prepared: PreparedData) -> list[str]:
 
 
 def _fit_probes(prepared: PreparedData) -> tuple[ProbeResult, dict[str, float | None]]:
-    """Fit the cross-validated probe on each candidate input and keep the one that cross-validates best (the
-    first on a tie or without CV); return it and the CV score of every candidate."""
-    targets, dataset, seed = prepared.targets(), prepared.dataset, prepared.config.seed
-    fits = {}
-    for cut_point in _probe_candidates(prepared):
-        fits[cut_point] = fit_probe(
+    """Choose C by CV on each candidate input, finish the probe of the one that cross-validates best (the first on
+    a tie or without CV) and return it with the CV score of every candidate. Only the winner gets the full fits."""
+    targets, dataset, config = prepared.targets(), prepared.dataset, prepared.config
+    searches = {
+        cut_point: search_probe(
             prepared.features(cut_point),
             targets,
-            dataset.classes,
-            seed=seed,
+            seed=config.seed,
             groups=prepared.fit_groups(),
-            use_signed_sqrt=prepared.config.signed_sqrt,
+            use_signed_sqrt=config.signed_sqrt,
         )
-        fits[cut_point].cut_point = cut_point
-    candidates = {cut_point: probe.cv_score for cut_point, probe in fits.items()}
-    probe = max(fits.values(), key=_cv)
-    if len(fits) > 1:
+        for cut_point in _probe_candidates(prepared)
+    }
+    candidates = {cut_point: search.cv_score for cut_point, search in searches.items()}
+    kept = max(searches, key=lambda cut_point: _cv(candidates[cut_point]))
+    probe = finish_probe(searches[kept], prepared.features(kept), targets, dataset.classes)
+    probe.cut_point = kept
+    if len(searches) > 1:
         scores = ", ".join(f"{c} {shown(v)}" for c, v in candidates.items())
-        log.info(f"probe inputs by cross-validated log-likelihood: {scores}; kept {probe.cut_point}")
+        log.info(f"probe inputs by cross-validated log-likelihood: {scores}; kept {kept}")
     return probe, candidates
 
 

@@ -20,7 +20,7 @@ def signed_sqrt(x: Array) -> Array:
 
     Power normalisation (Perronnin et al., 2010): a few channels that fire strongly on an image otherwise dominate
     its feature vector, and average pooling makes such bursts common. Chosen by 3-fold CV on the quality suite's
-    training folders (``bench/probe_choices.py``): mean 0.9194 vs 0.9135 without it, higher on 4 of 7 datasets.
+    training folders (``bench/probe_choices.py``): mean 0.9207 vs 0.9135 without it, higher on 4 of 7 datasets.
     """
     if isinstance(x, torch.Tensor):
         return torch.sign(x) * torch.sqrt(torch.abs(x))

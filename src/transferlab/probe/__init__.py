@@ -1,5 +1,5 @@
 """Probe stage: linear classifiers on cached features, regularization chosen by cross-validation."""
 
-from transferlab.probe.linear import ProbeResult, fit_probe
+from transferlab.probe.linear import ProbeResult, ProbeSearch, finish_probe, fit_probe, search_probe
 
-__all__ = ["ProbeResult", "fit_probe"]
+__all__ = ["ProbeResult", "ProbeSearch", "finish_probe", "fit_probe", "search_probe"]
